@@ -1,0 +1,47 @@
+"""Small matplotlib helpers shared by the experiments (headless Agg backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+COLORS = {
+    "reinforce": "tab:blue", "grpo": "tab:red",
+    "group_std": "tab:red", "none": "tab:blue", "batch_std": "tab:green", "rloo": "tab:purple",
+    "bernoulli_std": "tab:orange", "bernoulli_smoothed": "tab:brown",
+}
+
+
+def color(name: str) -> str | None:
+    return COLORS.get(name)
+
+
+def band(ax, x, ys, label: str, c: str | None = None, lo_hi: str = "minmax") -> None:
+    """Plot the mean over the first axis of ys (S, R) with a min-max (or +-1 sd) band."""
+    ys = np.asarray(ys, dtype=float)
+    m = np.nanmean(ys, axis=0)
+    if lo_hi == "sd":
+        s = np.nanstd(ys, axis=0)
+        lo, hi = m - s, m + s
+    else:
+        lo, hi = np.nanmin(ys, axis=0), np.nanmax(ys, axis=0)
+    (line,) = ax.plot(x, m, label=label, color=c, lw=1.6)
+    ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
+
+
+def subplots(nrows: int = 1, ncols: int = 1, w: float = 5.0, h: float = 3.6):
+    fig, axes = plt.subplots(nrows, ncols, figsize=(w * ncols, h * nrows), squeeze=False)
+    return fig, axes
+
+
+def save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
