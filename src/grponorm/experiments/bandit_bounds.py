@@ -6,6 +6,7 @@ table of worst ratios and sharp constants -> figures -> summary.json.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -110,6 +111,8 @@ def run(cfg: BoundsConfig, progress: bool = True) -> dict:
     table = markdown_table(header, rows)
     if violated:
         table = f"**BOUND VIOLATED: {', '.join(violated)}**\n\n" + table
+        print(f"WARNING: bound violated: {', '.join(violated)} (see {out.path}/table.md)",
+              file=sys.stderr)
     out.write_text("table.md", table)
 
     # 4. Figures --------------------------------------------------------------------------
@@ -128,7 +131,8 @@ def run(cfg: BoundsConfig, progress: bool = True) -> dict:
     labels = list(checks)
     ax.barh(labels, [checks[k]["worst_ratio"] for k in labels], color="tab:gray")
     ax.axvline(1.0, color="k", ls="--", lw=1)
-    ax.set_xlabel("worst observed / paper bound (≤ 1 holds)")
+    ax.set_xscale("log")
+    ax.set_xlabel("worst observed / paper bound (≤ 1 holds; log scale)")
     ax.set_title("All checks", fontsize=9)
     figures.save(fig, out.file("bounds.png"))
 

@@ -122,6 +122,7 @@ def run(cfg: ExactConfig, progress: bool = True) -> dict:
         ax.set_ylabel("mean π* over questions")
         ax.set_title("uniform init" if init is None else f"initial π* = {init:g}", fontsize=9)
         ax.set_xscale("symlog", linthresh=cfg.n)
+        ax.set_xlim(0, cfg.T)
         ax.legend(fontsize=7)
     figures.save(fig, out.file("exact_convergence.png"))
 
