@@ -4,6 +4,7 @@
     grponorm bandit exact     E2: exact REINFORCE vs GRPO convergence, speed-ups, C(n, T)
     grponorm bandit sampled   E3: sampled normalizers on Easy/Hard sets with an LR sweep
     grponorm bandit all       E1-E3 with their defaults (the theory engine's main job)
+    grponorm diag ...         E4 orthogonality, E5 Fisher-vs-variance (bandit validation)
     grponorm rl ...           the language-model trainer (see `grponorm rl --help`)
 
 Every experiment writes runs/<experiment>/<timestamp>/ (config.json, metrics.jsonl,
@@ -37,6 +38,15 @@ BANDIT = {
     "sampled": ("grponorm.experiments.bandit_sampled", "SampledConfig",
                 "E3: G sampled outputs per question, every normalizer, Easy/Hard sets, an LR "
                 "sweep; tables at a shared LR and at each normalizer's best LR"),
+}
+
+DIAG = {
+    "orthogonality": ("grponorm.experiments.diag_orthogonality", "OrthogonalityConfig",
+                      "E4: |cos| between penultimate-layer prompt embeddings of random question "
+                      "pairs (raw and mean-centered), histogram and inverse CDF"),
+    "bandit-proxy": ("grponorm.experiments.diag_bandit_proxy", "ProxyConfig",
+                     "E5 in the bandit: Fisher proxy and reward variance against the exact "
+                     "Hessian, same step and across lags"),
 }
 
 RL = {
@@ -84,6 +94,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="group", metavar="GROUP", required=True)
     _add_group(sub, "bandit", "theory engine: the exact and sampled softmax bandit (E1-E3)",
                BANDIT, argv, extra_all=True)
+    _add_group(sub, "diag", "curvature and orthogonality diagnostics (E4, E5)", DIAG, argv)
     _add_group(sub, "rl", "language-model RLVR trainer (E6)", RL, argv)
     return parser
 

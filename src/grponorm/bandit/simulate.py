@@ -24,6 +24,7 @@ they agree to rounding. Everything is float64.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -374,6 +375,7 @@ def simulate_sampled(
     features: Features, a, z0, *, normalizer: str, eta: float, T: int, G: int = 8,
     seeds=(0,), path: str = "auto", record_every: int = 1, collapse_level: float = 0.99,
     normalizer_options: dict | None = None, theta0: np.ndarray | None = None,
+    on_step: Callable | None = None,
 ) -> SampledRun:
     """Sampled-group dynamics: every step, every question draws G outputs from the policy.
 
@@ -389,6 +391,9 @@ def simulate_sampled(
         seeds: one run per seed; seed s draws outputs from default_rng([s, 1]).
         path, record_every, theta0: as in `simulate_exact`.
         collapse_level: a question has collapsed when one wrong answer holds this much mass.
+        on_step: optional observer called before each update as
+            on_step(t, p (S, n, K), outputs (S, n, G), rewards (S, n, G)) - e.g. for curvature
+            diagnostics on the very samples the update uses.
     """
     a, seeds = _check_common(features, a, eta, T, seeds)
     if int(G) < 2:
@@ -425,14 +430,19 @@ def simulate_sampled(
         if t == T:
             break
         g = np.empty((S, n, K))
+        outs = np.empty((S, n, G), dtype=np.int64)
+        rews = np.empty((S, n, G))
         for s in range(S):
             out = sample_outputs(rngs[s], p[s], G)  # (n, G)
             rewards = (out == a[:, None]).astype(np.float64)  # (n, G)
             adv = normalize(rewards, normalizer, **opts)
             g[s] = sampled_direction(p[s], out, adv)
+            outs[s], rews[s] = out, rewards
             if j is not None:
                 acc[s, j] = rewards.mean()
                 zvf[s, j] = np.mean(np.all(rewards == rewards[:, :1], axis=1))
+        if on_step is not None:
+            on_step(t, p, outs, rews)
         if path == "fast":
             z += eta * _gram_apply(features, g)
         else:

@@ -1,0 +1,133 @@
+"""E5 in the bandit: how far can the Fisher curvature proxy and the reward variance be trusted?
+
+In the exact bandit the true Hessian of each question's objective is known, so the quantities
+the paper correlates on a language model (a Sophia-style diagonal-Fisher proxy and the reward
+variance p_hat (1 - p_hat) of the same G samples) can be checked against it.
+
+Reads top to bottom: questions of mixed difficulty -> sampled GRPO training, observing every
+step's samples -> per (step, question): exact ||hess J||, exact pi*(1-pi*), sampled
+p_hat(1-p_hat), Fisher proxy, exact Fisher trace -> correlations across questions at the same
+step and across lags -> table, figures, summary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..bandit.features import initial_logits, orthogonal_features
+from ..bandit.simulate import simulate_sampled
+from ..diagnostics import bandit_proxy as bp
+from ..diagnostics.correlation import per_step, summarize
+from ..report import figures
+from ..runs import Run, markdown_table
+
+PAIRS = {  # name -> (x, y): correlate x[t] with y[t + lag] across questions
+    "fisher_proxy vs sampled variance (paper's Table 1)": ("fisher_proxy", "v_hat"),
+    "exact Hessian vs exact variance": ("hess", "v"),
+    "exact Hessian vs sampled variance": ("hess", "v_hat"),
+    "exact Hessian vs Fisher proxy": ("hess", "fisher_proxy"),
+    "exact Fisher trace vs exact variance": ("fisher", "v"),
+}
+
+
+@dataclass
+class ProxyConfig:
+    """Bandit proxy-validation settings."""
+
+    n: int = 64  # questions
+    K: int = 10  # candidate outputs per question
+    G: int = 8  # samples per question per step (also the Fisher proxy's B)
+    T: int = 60  # training steps observed
+    seeds: int = 4  # seeds
+    normalizer: str = "group_std"  # normalizer used for the updates
+    eta: float = 1.0  # step size
+    pi0_range: tuple = (1e-3, 0.9)  # initial pi* log-uniform in this range (mixed difficulty)
+    lags: list = field(default_factory=lambda: [0, 1, 2, 5, 10])  # step offsets to correlate
+    seed: int = 0  # instance seed
+    out: str = "runs"  # root folder for run outputs
+
+
+def run(cfg: ProxyConfig, progress: bool = True) -> dict:
+    out = Run.create(cfg.out, "diag_bandit_proxy", cfg)
+    rng = np.random.default_rng(cfg.seed)
+    feats = orthogonal_features(cfg.n, cfg.K, seed=cfg.seed, materialize=False)
+    a = rng.integers(0, cfg.K, size=cfg.n)
+    lo, hi = np.log(cfg.pi0_range[0]), np.log(cfg.pi0_range[1])
+    z0 = initial_logits(cfg.n, cfg.K, a, np.exp(rng.uniform(lo, hi, size=cfg.n)))
+    root = bp.gram_sqrt(feats.gram)
+
+    rec = {k: [] for k in ("hess", "v", "v_hat", "fisher_proxy", "fisher")}
+    bar = tqdm(total=cfg.T, desc="E5 bandit proxy", disable=not progress)
+
+    def observe(t, p, outputs, rewards):  # p (S, n, K), outputs/rewards (S, n, G)
+        pa, qa = bp.pi_star_and_complement(p, a)  # (S, n)
+        rec["hess"].append(bp.hessian_norms(root, p, a))
+        rec["v"].append(pa * qa)
+        p_hat = rewards.mean(-1)
+        rec["v_hat"].append(p_hat * (1 - p_hat))
+        rec["fisher_proxy"].append(bp.fisher_proxy(feats.gram, p, outputs))
+        rec["fisher"].append(bp.fisher_trace(feats.gram, p))
+        bar.update(1)
+
+    res = simulate_sampled(feats, a, z0, normalizer=cfg.normalizer, eta=cfg.eta, T=cfg.T,
+                           G=cfg.G, seeds=range(cfg.seeds), on_step=observe)
+    bar.close()
+    data = {k: np.stack(v, axis=1) for k, v in rec.items()}  # (S, T, n)
+
+    rows, results = [], {}
+    for name, (xk, yk) in PAIRS.items():
+        results[name] = {}
+        for lag in cfg.lags:
+            if lag >= cfg.T:
+                continue
+            steps = [r for s in range(cfg.seeds)
+                     for r in per_step(data[xk][s], data[yk][s], lag)]
+            pe, sp = summarize(steps, "pearson"), summarize(steps, "spearman")
+            results[name][lag] = {"pearson": pe, "spearman": sp}
+            rows.append([name, lag, pe["mean"], pe["p"], sp["mean"], sp["p"],
+                         pe["frac_significant"]])
+    header = ["pair", "lag", "mean Pearson", "p", "mean Spearman", "p",
+              "steps with p<0.05 (Pearson)"]
+    table = (f"{feats.name}, G={cfg.G}, T={cfg.T}, {cfg.seeds} seeds, {cfg.normalizer} "
+             f"eta={cfg.eta}, pi0 ~ logU{cfg.pi0_range}. Paper (LLM): Fisher vs variance mean "
+             "Pearson 0.342 (p=0.008) same step, -0.028 (p=0.18) across steps.\n\n"
+             + markdown_table(header, rows))
+    out.write_text("table.md", table)
+
+    fig, axes = figures.subplots(1, 3, w=4.4)
+    flat = {k: v.reshape(-1) for k, v in data.items()}
+    ax = axes[0][0]
+    ax.scatter(flat["v"], flat["hess"], s=2, alpha=0.3)
+    vv = np.linspace(0, 0.25, 100)
+    ax.plot(vv, 2 * vv, "g-", lw=1, label="2·π*(1-π*) (sharp)")
+    ax.plot(vv, 4 * vv, "k--", lw=1, label="4·π*(1-π*) (Lemma 2)")
+    ax.set_xlabel("π*(1-π*)")
+    ax.set_ylabel("||∇²J|| (exact)")
+    ax.legend(fontsize=7)
+    ax.set_title("Exact curvature vs variance", fontsize=9)
+    ax = axes[0][1]
+    ax.scatter(flat["v_hat"] + np.random.default_rng(0).uniform(-0.004, 0.004, flat["v_hat"].size),
+               flat["fisher_proxy"], s=2, alpha=0.3)
+    ax.set_xlabel("p̂(1-p̂) from G samples (jittered)")
+    ax.set_ylabel("Fisher proxy B·||ĝ||²")
+    ax.set_title("Table 1 quantities", fontsize=9)
+    ax = axes[0][2]
+    for name in PAIRS:
+        lags = sorted(results[name])
+        ax.plot(lags, [results[name][g]["pearson"]["mean"] for g in lags], marker="o", ms=3,
+                label=name.replace(" (paper's Table 1)", ""))
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_xlabel("lag (steps)")
+    ax.set_ylabel("mean Pearson across questions")
+    ax.legend(fontsize=6)
+    ax.set_title("Same step vs across steps", fontsize=9)
+    figures.save(fig, out.file("bandit_proxy.png"))
+
+    summary = {"experiment": "E5-bandit", "features": feats.name, "correlations": results,
+               "final_mean_pi": float(res.mean_pi[:, -1].mean()),
+               "figures": ["bandit_proxy.png"], "run_dir": str(out.path)}
+    out.finish(summary)
+    return summary
