@@ -2,6 +2,8 @@
 
 import base64
 import io
+import shutil
+import subprocess
 from html.parser import HTMLParser
 
 import matplotlib.image as mpimg
@@ -93,3 +95,18 @@ def test_bad_arguments():
         rp.reproduce("huge")
     with pytest.raises(ValueError, match="unknown experiment"):
         rp.reproduce("quick", ["E42"])
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="headless Chromium not installed")
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
+         "--window-size=1200,2400", report.as_uri()],
+        check=True, capture_output=True, timeout=120)
+    img = mpimg.imread(shot)
+    assert img.shape[:2] == (2400, 1200)
+    # the page is laid out: text and figures cover a real share of the screenshot
+    assert (img[..., :3].mean(axis=-1) < 0.9).mean() > 0.02
