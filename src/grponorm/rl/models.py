@@ -90,6 +90,9 @@ class ModelConfig:
     """Where converted GGUF models are cached (default $GRPONORM_CACHE or ~/.cache/grponorm)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, ~30% more compute)."""
+    device: str = "auto"
+    """Where the model runs: "auto" (the first CUDA GPU when there is one, else CPU), "cpu",
+    "cuda" or "cuda:N"."""
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -324,13 +327,35 @@ def load_model(cfg: ModelConfig | None = None):
     separate step: ``apply_lora(model, cfg)``.
     """
     cfg = cfg or ModelConfig()
+    device = resolve_device(cfg.device)
     kind, source = resolve_source(cfg)
     if kind == "gguf":
         entry = convert_gguf_to_cache(Path(source), Path(cfg.cache_dir))
-        return _load_pretrained(entry, cfg.dtype, local=True)
-    if kind == "dir":
-        return _load_pretrained(source, cfg.dtype, local=True)
-    return _load_pretrained(source, cfg.dtype, local=False)
+        model, tok = _load_pretrained(entry, cfg.dtype, local=True)
+    elif kind == "dir":
+        model, tok = _load_pretrained(source, cfg.dtype, local=True)
+    else:
+        model, tok = _load_pretrained(source, cfg.dtype, local=False)
+    return model.to(device), tok
+
+
+def resolve_device(name: str):
+    """"auto" -> the first CUDA device when available, else CPU; otherwise torch.device(name).
+
+    Raises:
+        ValueError: an unknown device name, or CUDA asked for where there is none.
+    """
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"device {name!r} is not a device name ({exc})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA GPU here")
+    return device
 
 
 # --------------------------------------------------------------------------- training setup

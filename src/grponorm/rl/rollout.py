@@ -1,0 +1,273 @@
+"""Rollouts: sample G completions for each prompt, whole groups in one batched call.
+
+The trainer talks to generation through one small interface, :class:`RolloutEngine`, so that a
+faster engine (a KV-cache-sharing sampler, vLLM, ...) can replace :class:`HFGenerateEngine`
+without touching the trainer or the loss::
+
+    engine = HFGenerateEngine(model, tokenizer)
+    batch = engine.generate(prompts, G=8, max_new_tokens=16, temperature=0.7, top_p=1.0,
+                            generator_seed=1234)
+    batch.texts           # B = len(prompts) * G decoded completions, group-major
+    batch.group           # (B,) prompt index of each row: [0]*G + [1]*G + ...
+    batch.completion_mask # (B, C) 1 on completion tokens up to and including the first eos
+
+Layout of a :class:`RolloutBatch` (``P`` = padded prompt length, ``C`` = completion length)::
+
+    input_ids      (B, P + C)  [pad..pad prompt | completion (eos, then pad = eos)]
+    attention_mask (B, P + C)  0 on left padding and on the completion after its first eos
+    completion_mask(B, C)      1 on the completion tokens that count (loss, token counts)
+
+Masks come from the position of the FIRST eos token of each completion, never from
+``token != pad``: SmolLM2's pad token is its eos ``<|im_end|>``, so a pad test would also drop
+the eos itself (which the policy must learn to emit) and could not tell padding from a
+completion that ended right away.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from .loss import cache_kwarg, position_ids
+
+__all__ = [
+    "HFGenerateEngine",
+    "RolloutBatch",
+    "RolloutEngine",
+    "completion_mask_from_eos",
+    "eos_token_ids",
+]
+
+
+@dataclass
+class RolloutBatch:
+    """Prompts and their sampled completions, ``B = n_prompts * G`` rows, group-major.
+
+    Attributes:
+        input_ids: ``(B, P + C)`` left-padded prompt ids followed by the completion ids.
+        attention_mask: ``(B, P + C)`` 1 on real prompt tokens and on completion tokens up to
+            and including the first eos; 0 on left padding and on everything after that eos.
+        completion_mask: ``(B, C)`` float, 1 on completion tokens up to and including the first
+            eos (all C tokens when the completion was cut at ``max_new_tokens``).
+        prompt_len: ``P``, the padded prompt length (the completion starts at this column).
+        texts: ``B`` decoded completions (up to, not including, the first eos).
+        group: ``(B,)`` long, the prompt index of each row (``row // G``).
+        G: completions per prompt.
+        logprobs: optional ``(B, C)`` per-token log-probs of the sampled tokens under the
+            sampling policy (None when the engine does not provide them).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    completion_mask: torch.Tensor
+    prompt_len: int
+    texts: list[str]
+    group: torch.Tensor
+    G: int
+    logprobs: torch.Tensor | None = None
+
+    @property
+    def completion_ids(self) -> torch.Tensor:
+        """``(B, C)`` the sampled completion token ids."""
+        return self.input_ids[:, self.prompt_len :]
+
+    @property
+    def n_prompts(self) -> int:
+        return int(self.input_ids.shape[0]) // self.G
+
+    @property
+    def completion_lengths(self) -> torch.Tensor:
+        """``(B,)`` number of counted completion tokens per row (eos included)."""
+        return self.completion_mask.sum(dim=1).long()
+
+    @property
+    def n_tokens(self) -> int:
+        """Total counted completion tokens in the batch."""
+        return int(self.completion_mask.sum().item())
+
+
+@runtime_checkable
+class RolloutEngine(Protocol):
+    """Anything that samples ``G`` completions per prompt and returns a :class:`RolloutBatch`.
+
+    Contract: rows are group-major (prompt ``i``'s completions are rows ``i*G .. i*G+G-1``);
+    the result is a deterministic function of the model weights, the prompts, the settings and
+    ``generator_seed`` (on the same hardware), and the engine leaves the caller's global RNG
+    state untouched. ``temperature == 0`` means greedy decoding.
+    """
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        G: int,
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        generator_seed: int,
+    ) -> RolloutBatch: ...
+
+
+def eos_token_ids(tokenizer, model=None) -> list[int]:
+    """Token ids that end a completion: the tokenizer's eos plus the model's generation eos."""
+    ids: list[int] = []
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    gen = getattr(model, "generation_config", None) if model is not None else None
+    extra = getattr(gen, "eos_token_id", None) if gen is not None else None
+    if isinstance(extra, int):
+        extra = [extra]
+    for t in extra or []:
+        if int(t) not in ids:
+            ids.append(int(t))
+    if not ids:
+        raise ValueError("tokenizer has no eos token: cannot tell where a completion ends")
+    return ids
+
+
+def completion_mask_from_eos(completion_ids: torch.Tensor, eos_ids: Sequence[int]) -> torch.Tensor:
+    """``(B, C)`` float mask: 1 up to and including the first eos of each row, 0 after.
+
+    A row without any eos (cut at the token limit) is all ones.
+    """
+    is_eos = torch.isin(completion_ids, torch.tensor(list(eos_ids), device=completion_ids.device))
+    # Number of eos tokens strictly before each position; a token counts while that is 0.
+    before = torch.cumsum(is_eos.long(), dim=1) - is_eos.long()  # (B, C)
+    return (before == 0).float()
+
+
+class HFGenerateEngine:
+    """:class:`RolloutEngine` on top of ``transformers``' ``model.generate``.
+
+    Each prompt is tokenized once (left-padded) and repeated G times, and the whole batch of
+    ``len(prompts) * G`` rows is sampled in one ``generate`` call. With ``share_prompt`` (the
+    default) the prompts are first run once each (``len(prompts)`` rows, no grad) to fill a KV
+    cache, which is repeated G times and handed to ``generate``; ``generate`` then only
+    processes the last prompt token and the new ones. The sampled tokens are the same as without
+    it (the prompt's keys/values are the same numbers), at ``1/G`` of the prompt cost -- the
+    dominant cost on CPU for few-shot prompts and short answers.
+
+    Sampling is seeded with ``torch.manual_seed(generator_seed)`` inside
+    ``torch.random.fork_rng``, so the result depends only on the seed and the caller's RNG
+    state is left as it was.
+
+    Args:
+        model: a causal LM (peft-wrapped or plain); put in eval mode for the call.
+        tokenizer: its tokenizer (left padding is enforced here).
+        share_prompt: prefill each prompt once and share its KV cache across its group.
+        max_batch: split the rows into calls of at most this many rows, rounded down to whole
+            groups (0: one call). Chunks are seeded from ``generator_seed`` and their index, so
+            the result is deterministic, though not identical to the unchunked call.
+    """
+
+    def __init__(self, model, tokenizer, *, share_prompt: bool = True, max_batch: int = 0):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.share_prompt = bool(share_prompt)
+        self.max_batch = int(max_batch)
+        self.eos_ids = eos_token_ids(tokenizer, model)
+        if tokenizer.pad_token_id is None:
+            raise ValueError("tokenizer has no pad token (load it with grponorm.rl.models)")
+
+    def _sample(self, ids, mask, G, *, max_new_tokens, temperature, top_p, seed):
+        """Sample G continuations of each of the ``(n, P)`` prompts; returns ``(n*G, C)``."""
+        kwargs = dict(
+            max_new_tokens=max_new_tokens,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.eos_ids,
+        )
+        if temperature > 0:
+            kwargs.update(
+                do_sample=True, temperature=float(temperature), top_p=float(top_p), top_k=0
+            )
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        rows, rmask = ids.repeat_interleave(G, dim=0), mask.repeat_interleave(G, dim=0)
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            if self.share_prompt and ids.shape[1] > 1:
+                key = cache_kwarg()
+                head, hmask = ids[:, :-1], mask[:, :-1]
+                out = self.model(
+                    input_ids=head,
+                    attention_mask=hmask,
+                    position_ids=position_ids(hmask),
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+                cache = getattr(out, key)
+                cache.batch_repeat_interleave(G)
+                kwargs[key] = cache
+            torch.manual_seed(seed)
+            out = self.model.generate(input_ids=rows, attention_mask=rmask, **kwargs)
+        return out[:, ids.shape[1] :]
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        G: int,
+        *,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        generator_seed: int = 0,
+    ) -> RolloutBatch:
+        """Sample ``G`` completions for every prompt (see :class:`RolloutEngine`)."""
+        prompts = list(prompts)
+        if not prompts:
+            raise ValueError("no prompts given")
+        if G < 1 or max_new_tokens < 1:
+            raise ValueError(f"need G >= 1 and max_new_tokens >= 1; got G={G}, {max_new_tokens=}")
+        if temperature < 0 or not 0 < top_p <= 1:
+            raise ValueError(
+                f"need temperature >= 0 and 0 < top_p <= 1; got {temperature}, {top_p}"
+            )
+        tok = self.tokenizer
+        tok.padding_side = "left"
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        device = next(self.model.parameters()).device
+        ids = enc["input_ids"].to(device)  # (n, P)
+        mask = enc["attention_mask"].to(device)  # (n, P)
+        was_training = self.model.training
+        self.model.eval()
+        per_call = max(1, self.max_batch // G) if self.max_batch > 0 else len(prompts)
+        try:
+            chunks = [
+                self._sample(
+                    ids[s : s + per_call],
+                    mask[s : s + per_call],
+                    G,
+                    max_new_tokens=max_new_tokens,
+                    temperature=temperature,
+                    top_p=top_p,
+                    seed=int(generator_seed) + 7919 * k,
+                )
+                for k, s in enumerate(range(0, len(prompts), per_call))
+            ]
+        finally:
+            self.model.train(was_training)
+        width = max(c.shape[1] for c in chunks)
+        pad = tok.pad_token_id
+        completion = torch.cat(
+            [torch.nn.functional.pad(c, (0, width - c.shape[1]), value=pad) for c in chunks]
+        )  # (B, C)
+        cmask = completion_mask_from_eos(completion, self.eos_ids)  # (B, C)
+        lengths = cmask.sum(dim=1).long()
+        texts = []
+        for row, n in zip(completion.tolist(), lengths.tolist(), strict=True):
+            body = row[:n]
+            if body and body[-1] in self.eos_ids:
+                body = body[:-1]
+            texts.append(tok.decode(body, skip_special_tokens=True))
+        rows, rmask = ids.repeat_interleave(G, dim=0), mask.repeat_interleave(G, dim=0)
+        return RolloutBatch(
+            input_ids=torch.cat([rows, completion], dim=1),
+            attention_mask=torch.cat([rmask, cmask.to(rmask.dtype)], dim=1),
+            completion_mask=cmask,
+            prompt_len=int(ids.shape[1]),
+            texts=texts,
+            group=torch.arange(len(prompts), device=device).repeat_interleave(G),
+            G=int(G),
+        )
