@@ -45,6 +45,9 @@ DIAG = {
     "orthogonality": ("grponorm.experiments.diag_orthogonality", "OrthogonalityConfig",
                       "E4: |cos| between penultimate-layer prompt embeddings of random question "
                       "pairs (raw and mean-centered), histogram and inverse CDF"),
+    "fisher": ("grponorm.experiments.diag_fisher", "FisherConfig",
+               "E5 on a language model: per-prompt diagonal-Fisher trace vs reward variance, "
+               "same step and across lags (train with it, or measure saved checkpoints)"),
     "bandit-proxy": ("grponorm.experiments.diag_bandit_proxy", "ProxyConfig",
                      "E5 in the bandit: Fisher proxy and reward variance against the exact "
                      "Hessian, same step and across lags"),
