@@ -20,6 +20,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
+from conftest import tiny_model, tiny_tokenizer  # noqa: E402  (tests/conftest.py)
 from grponorm.rl import models  # noqa: E402
 from grponorm.rl.models import (  # noqa: E402
     EMBEDDED_INSTALL,
@@ -39,56 +40,13 @@ from grponorm.rl.models import (  # noqa: E402
     trainable_parameter_count,
 )
 
-CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\nDefault system<|im_end|>\n' }}{% endif %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-WORDS = "what is the answer 0 1 2 3 4 5 6 7 8 9 + - = ? . , user assistant system".split()
-
-
-def _tiny_tokenizer():
-    from tokenizers import Tokenizer, pre_tokenizers
-    from tokenizers.models import WordLevel
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<unk>", "<|im_start|>", "<|im_end|>"]
-    vocab = {w: i for i, w in enumerate(specials + WORDS)}
-    tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    hf = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="<unk>", bos_token="<|im_start|>", eos_token="<|im_end|>"
-    )
-    hf.chat_template = CHAT_TEMPLATE
-    return hf
-
-
-def _tiny_model(vocab_size: int):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    return LlamaForCausalLM(config).eval()
-
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:
     """A tiny random Llama + word-level tokenizer saved as a local model folder (no pad token)."""
     path = tmp_path_factory.mktemp("tiny-llama")
-    tok = _tiny_tokenizer()
-    _tiny_model(len(tok)).save_pretrained(path)
+    tok = tiny_tokenizer()
+    tiny_model(len(tok)).save_pretrained(path)
     tok.save_pretrained(path)
     return path
 
