@@ -14,6 +14,18 @@ One step, top to bottom:
 6. log one JSON line (``kind="train"``) to ``metrics.jsonl``; every ``eval_every`` steps also a
    held-out evaluation (``kind="eval"``, step = updates done so far, 0 = the base model).
 
+Diagnostics (``diagnostics="fisher"``, every ``diag_every`` steps): between steps 4 and 5, on the
+current policy (before the update), per prompt the Sophia-style Fisher trace
+``G * ||grad mean_g log pi(o_g)||^2`` over the trainable parameters and the reward variance
+``p_hat (1 - p_hat)`` of the same G samples (``grponorm.diagnostics.fisher``). By default the
+prompts are the step's own training groups (same samples); ``diag_probe=n`` measures instead a
+fixed probe set of ``n`` training problems (the same at every diagnostic step, so correlations
+can be lagged across steps) on fresh samples seeded by ``(seed, step)``. Logged in the step's
+record as lists, one entry per prompt in ``diag_problems`` order (``fisher_trace``,
+``reward_var``, ``p_hat``, ``diag_completion_len``), with its cost in ``time_diag`` (of which
+``time_diag_fisher`` is the backward passes). The diagnostic draws no global random numbers and
+never writes ``.grad`` or the optimizer, so training metrics are unchanged by it.
+
 Checkpoints (``checkpoint.pt``: trainable weights, optimizer state, Python/NumPy/torch RNG
 states, data position, step) are written every ``checkpoint_every`` steps to a temporary file and
 renamed into place, so a kill at any moment leaves the previous checkpoint intact. ``resume=DIR``
@@ -49,6 +61,7 @@ __all__ = [
     "TrainConfig",
     "build_problems",
     "measure_pass_rates",
+    "probe_problems",
     "run",
 ]
 
@@ -62,7 +75,10 @@ TIMING_FIELDS = (
     "time_step",
     "tokens_per_s",
     "time_eval",
+    "time_diag",
+    "time_diag_fisher",
 )
+DIAGNOSTICS = ("", "fisher")
 CHECKPOINT = "checkpoint.pt"
 #: Steps averaged for the start/end training accuracy of a summary.
 SUMMARY_WINDOW = 5
@@ -115,6 +131,9 @@ class TrainConfig:
     run_dir: str = ""  # exact run folder ("" = <out>/rl_train/<timestamp>)
     resume: str = ""  # run folder to resume from its last checkpoint ("" = new run)
     cache_dir: str = ""  # model/pass-rate cache ("" = $GRPONORM_CACHE or ~/.cache/grponorm)
+    diagnostics: str = ""  # "fisher" computes per-prompt Fisher traces and reward variances
+    diag_every: int = 1  # run the diagnostics every k steps (before that step's update)
+    diag_probe: int = 0  # 0 = on the step's training groups; n = fixed probe set of n problems
 
     def validate(self) -> None:
         """Raise ValueError for settings that cannot work (before anything is loaded)."""
@@ -167,6 +186,12 @@ class TrainConfig:
         ):
             need(getattr(self, name) >= 0, f"{name} must be >= 0; got {getattr(self, name)}")
         need(self.lr > 0, f"lr must be > 0; got {self.lr}")
+        need(
+            self.diagnostics in DIAGNOSTICS,
+            f"diagnostics must be one of {DIAGNOSTICS[1:]} (or empty); got {self.diagnostics!r}",
+        )
+        need(self.diag_every >= 1, f"diag_every must be >= 1; got {self.diag_every}")
+        need(self.diag_probe >= 0, f"diag_probe must be >= 0; got {self.diag_probe}")
         need(self.temperature > 0, "temperature must be > 0 for training rollouts")
         need(0 < self.top_p <= 1, f"top_p must be in (0, 1]; got {self.top_p}")
         need(self.kl_coef >= 0 and self.clip_eps >= 0, "kl_coef and clip_eps must be >= 0")
@@ -474,6 +499,51 @@ def _evaluate(engine, prompts, problems, labels, cfg: TrainConfig, step: int) ->
     return rec
 
 
+def probe_problems(cfg: TrainConfig, train_pool: list) -> list:
+    """The fixed probe set of ``diag_probe`` training problems (a pure function of
+    ``data_seed`` and the pool, so every training seed and a resumed run probe the same ones)."""
+    n = min(cfg.diag_probe, len(train_pool))
+    order = np.random.default_rng([cfg.data_seed, 11]).permutation(len(train_pool))
+    return [train_pool[int(i)] for i in order[:n]]
+
+
+def _fisher_diagnostic(engine, model, cfg: TrainConfig, step, batch, rewards, problems, probe):
+    """Per-prompt Fisher trace and reward variance on the current policy (see module doc).
+
+    ``probe``: ``(problems, prompts)`` of the fixed probe set (fresh samples), or None to use
+    the step's training ``batch``/``rewards``/``problems``.
+    """
+    from ..diagnostics.fisher import group_fisher_traces, reward_stats
+
+    t0 = time.perf_counter()
+    if probe is not None:
+        problems, prompts = probe
+        batch = engine.generate(
+            prompts,
+            cfg.G,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            generator_seed=_step_seed(cfg.seed, step, 3),
+        )
+        refs = [p.answer for p in problems for _ in range(cfg.G)]
+        rewards = torch.tensor(batch_rewards(batch.texts, refs)).view(len(problems), cfg.G)
+    est = group_fisher_traces(
+        model, batch, temperature=cfg.temperature, share_prompt=cfg.share_prompt
+    )
+    st = reward_stats(rewards)
+    lengths = batch.completion_lengths.view(len(problems), cfg.G).float().mean(dim=1)
+    return {
+        "diag_problems": [p.id for p in problems],
+        "fisher_trace": est["fisher_trace"].tolist(),
+        "reward_var": st["reward_var"].tolist(),
+        "p_hat": st["p_hat"].tolist(),
+        "diag_completion_len": lengths.tolist(),
+        "time_diag_fisher": est["seconds"],
+        "time_diag": time.perf_counter() - t0,
+    }
+
+
 def _train_on_batch(model, optimizer, batch, adv, cfg: TrainConfig, ref_ctx) -> dict:
     """``updates_per_batch`` AdamW updates on one rollout batch; returns loss/grad stats."""
     from contextlib import nullcontext
@@ -637,6 +707,10 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
     sizes = {s: sum(labels[p.id] == s for p in train_pool) for s in ("easy", "hard")}
     train_prompts = [prompt_of(p) for p in train_pool]
     held_prompts = [prompt_of(p) for p in held]
+    probe = None
+    if cfg.diagnostics and cfg.diag_probe:
+        probe_set = probe_problems(cfg, train_pool)
+        probe = (probe_set, [prompt_of(p) for p in probe_set])
 
     if out is None:
         out = _create_run(cfg)
@@ -695,6 +769,9 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
         rewards = torch.tensor(batch_rewards(batch.texts, refs)).view(len(probs), cfg.G)
         adv, astats = normalize_with_stats(rewards, cfg.normalizer, **norm_opts)
         adv = adv.to(batch.input_ids.device)
+        diag = None
+        if cfg.diagnostics == "fisher" and step % cfg.diag_every == 0:
+            diag = _fisher_diagnostic(engine, model, cfg, step, batch, rewards, probs, probe)
         t1 = time.perf_counter()
         tr = _train_on_batch(model, optimizer, batch, adv.reshape(-1), cfg, ref_ctx)
         t_train = time.perf_counter() - t1
@@ -715,12 +792,16 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
         rec["lr"] = optimizer.param_groups[0]["lr"]
         rec["data_position"] = step * cfg.prompts_per_step
         rec["problems"] = [p.id for p in probs]
+        t_diag = 0.0
+        if diag is not None:
+            rec.update(diag)
+            t_diag = diag["time_diag"]
         ema = rec["acc"] if ema is None else 0.9 * ema + 0.1 * rec["acc"]
         t_step = time.perf_counter() - t0
         rec.update(
             time_generate=t_gen,
             time_train=t_train,
-            time_other=max(0.0, t_step - t_gen - t_train),
+            time_other=max(0.0, t_step - t_gen - t_train - t_diag),
             time_step=t_step,
             tokens_per_s=tr["tokens"] / t_gen if t_gen > 0 else None,
         )
@@ -755,6 +836,12 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
         setup_s=round(setup_s, 2),
         train_time_s=round(elapsed0 + time.perf_counter() - t_run, 2),
     )
+    if cfg.diagnostics:
+        diag_recs = [r for r in read_metrics(out.path) if "time_diag" in r]
+        summary["diag_steps"] = len(diag_recs)
+        summary["time_diag_s"] = (
+            float(np.mean([r["time_diag"] for r in diag_recs])) if diag_recs else math.nan
+        )
     if cfg.lora_r > 0 and hasattr(model, "save_pretrained"):
         model.save_pretrained(out.file("adapter"))
     out.write_text("table.md", _table(summary))
