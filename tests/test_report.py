@@ -18,7 +18,7 @@ TINY = {
                overlap_T=200, record_every=100),
     "E3": dict(n=6, K=3, T=8, seeds=2, normalizers=["group_std", "none"], lrs=[1.0, 3.0],
                record_every=2),
-    "E5": dict(n=8, K=3, T=8, seeds=2, lags=[0, 2]),
+    "E5b": dict(n=8, K=3, T=8, seeds=2, lags=[0, 2]),
 }
 
 
@@ -55,13 +55,13 @@ def _parse(path):
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("rep")
-    path = rp.reproduce("quick", ["E1", "E2", "E3", "E5"], out, progress=False, overrides=TINY)
+    path = rp.reproduce("quick", ["E1", "E2", "E3", "E5b"], out, progress=False, overrides=TINY)
     return path
 
 
 def test_every_section_has_a_table_and_nonblank_figures(report):
     sections = _parse(report)
-    assert set(sections) == {"E1", "E2", "E3", "E5"}
+    assert set(sections) == {"E1", "E2", "E3", "E5b"}
     for eid, sec in sections.items():
         assert sec["rows"] >= 2, eid  # header + at least one paper-vs-ours row
         assert sec["images"], eid
@@ -70,7 +70,7 @@ def test_every_section_has_a_table_and_nonblank_figures(report):
             assert img.shape[0] > 100 and img.shape[1] > 100, eid
             assert img[..., :3].std() > 0.05, eid  # something is drawn
     md = report.with_suffix(".md").read_text()
-    for eid in ("E1", "E2", "E3", "E5"):
+    for eid in ("E1", "E2", "E3", "E5b"):
         assert f"## {eid}:" in md
     assert md.count("![") == sum(len(s["images"]) for s in sections.values())
 

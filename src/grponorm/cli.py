@@ -107,7 +107,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
         "settings (GPU). Finished experiments are skipped on a re-run.")
     rp.add_argument("--profile", choices=["quick", "cpu", "paper"], default="quick",
                     help="experiment sizes (default: quick)")
-    rp.add_argument("--only", type=lambda s: [x.strip().upper() for x in s.split(",")],
+    rp.add_argument("--only", type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
                     default=None, help="comma-separated ids, e.g. E1,E3 (default: all)")
     rp.add_argument("--out", default="runs", help="root folder (default: runs)")
     rp.add_argument("--force", action="store_true", help="re-run finished experiments")
