@@ -53,7 +53,8 @@ class CompareConfig:
     task: str = "arithmetic"  # arithmetic or gsm8k
     levels: list = field(default_factory=lambda: ["add1", "mul1"])  # arithmetic presets pooled
     gsm8k_dir: str = ""  # local GSM8K folder ("" = $GRPONORM_GSM8K_DIR, else the hub)
-    slice_by: str = "level"  # level (first level easy), steps, or pass_rate (base model)
+    slice_by: str = "level"  # level (first level easy), steps, pass_rate (base model) or judge
+    judge_model: str = "embedded"  # slice_by=judge: model asked "Easy or Hard?" (paper: Qwen2-7B)
     easy_max_steps: int = 3  # slice_by=steps: easy = at most this many reasoning steps
     pass_rate_threshold: float = 0.5  # slice_by=pass_rate: easy = base pass rate >= this
     pass_rate_k: int = 8  # slice_by=pass_rate: samples per problem to measure it (cached)
@@ -142,6 +143,8 @@ def _spread(cfg: CompareConfig, out: Run, progress: bool) -> dict:
             seed=cfg.data_seed,
             progress=progress,
         )
+    if cfg.slice_by == "judge":
+        rates_all = trainer.judge_verdicts(base, pool, (model, tok, engine), progress)
     labels = trainer.slice_labels(base, pool, rates_all or None)
     result = {}
     for s in cfg.slices:

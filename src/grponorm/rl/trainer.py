@@ -82,7 +82,7 @@ DIAGNOSTICS = ("", "fisher")
 CHECKPOINT = "checkpoint.pt"
 #: Steps averaged for the start/end training accuracy of a summary.
 SUMMARY_WINDOW = 5
-SLICE_RULES = ("level", "steps", "pass_rate")
+SLICE_RULES = ("level", "steps", "pass_rate", "judge")
 
 
 @dataclass
@@ -98,7 +98,8 @@ class TrainConfig:
     levels: list = field(default_factory=lambda: ["add1", "mul1"])  # arithmetic presets pooled
     gsm8k_dir: str = ""  # local GSM8K folder ("" = $GRPONORM_GSM8K_DIR, else the hub)
     slice: str = "all"  # train on all, easy or hard problems
-    slice_by: str = "level"  # level (first level easy), steps, or pass_rate (base model)
+    slice_by: str = "level"  # level (first level easy), steps, pass_rate (base model) or judge
+    judge_model: str = "embedded"  # slice_by=judge: model asked "Easy or Hard?" (paper: Qwen2-7B)
     easy_max_steps: int = 3  # slice_by=steps: easy = at most this many reasoning steps
     pass_rate_threshold: float = 0.5  # slice_by=pass_rate: easy = base pass rate >= this
     pass_rate_k: int = 8  # slice_by=pass_rate: samples per problem to measure it (cached)
@@ -164,7 +165,7 @@ class TrainConfig:
         else:
             need(
                 self.slice_by != "level",
-                "slice_by=level is for the arithmetic task; use steps or pass_rate for gsm8k",
+                "slice_by=level is for arithmetic; use steps, pass_rate or judge for gsm8k",
             )
         need(self.loss_agg in AGGREGATIONS, f"loss_agg must be one of {AGGREGATIONS}")
         for name in (
@@ -359,7 +360,13 @@ def _pass_rate_cache(cfg: TrainConfig, prompts: list[str], problems) -> Path:
 def slice_labels(
     cfg: TrainConfig, problems: list[rl_data.Problem], pass_rates: dict[str, float] | None
 ) -> dict[str, str]:
-    """``problem id -> "easy" | "hard"`` by the configured rule."""
+    """``problem id -> "easy" | "hard"`` by the configured rule ("unjudged" is possible for
+    slice_by=judge, whose verdicts come in ``pass_rates``'s place)."""
+    if cfg.slice_by == "judge":
+        from .judge import split_by_verdict
+
+        slices = split_by_verdict(problems, pass_rates or {})
+        return {p.id: name for name, items in slices.items() for p in items}
     if cfg.slice_by == "level":
         easy_level = cfg.levels[0]
         return {p.id: "easy" if p.meta.get("level") == easy_level else "hard" for p in problems}
@@ -375,6 +382,21 @@ def slice_labels(
     else:
         slices = rl_data.split_by_pass_rate(problems, pass_rates or {}, cfg.pass_rate_threshold)
     return {p.id: name for name, items in slices.items() for p in items}
+
+
+def judge_verdicts(cfg: TrainConfig, problems, loaded, progress: bool = False) -> dict:
+    """slice_by=judge: verdicts of ``cfg.judge_model`` (the policy itself when the names match,
+    else loaded for the occasion and released), cached under the cache folder."""
+    from .judge import judge_difficulty
+    from .models import ModelConfig, load_model
+
+    model, tok, engine = loaded
+    if cfg.judge_model != cfg.model:
+        model, tok = load_model(ModelConfig(model=cfg.judge_model, dtype=cfg.dtype,
+                                            device=cfg.device, cache_dir=str(_cache_dir(cfg))))
+        engine = HFGenerateEngine(model, tok)
+    return judge_difficulty(problems, engine, tok, judge_model=cfg.judge_model,
+                            cache_dir=_cache_dir(cfg), progress=progress)
 
 
 def step_indices(n: int, step: int, per_step: int, seed: int) -> list[int]:
@@ -698,13 +720,15 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
             cache_file=_pass_rate_cache(cfg, prompts_all, everything),
             progress=progress,
         )
+    if cfg.slice_by == "judge":
+        pass_rates = judge_verdicts(cfg, train_pool + held, (model, tok, engine), progress)
     labels = slice_labels(cfg, train_pool + held, pass_rates)
     if cfg.slice != "all":
         train_pool = [p for p in train_pool if labels[p.id] == cfg.slice]
         held = [p for p in held if labels[p.id] == cfg.slice]
         if not train_pool:
             raise ValueError(f"the {cfg.slice!r} slice of the training pool is empty")
-    sizes = {s: sum(labels[p.id] == s for p in train_pool) for s in ("easy", "hard")}
+    sizes = {s: sum(labels[p.id] == s for p in train_pool) for s in ("easy", "hard", "unjudged")}
     train_prompts = [prompt_of(p) for p in train_pool]
     held_prompts = [prompt_of(p) for p in held]
     probe = None
