@@ -728,7 +728,8 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
         held = [p for p in held if labels[p.id] == cfg.slice]
         if not train_pool:
             raise ValueError(f"the {cfg.slice!r} slice of the training pool is empty")
-    sizes = {s: sum(labels[p.id] == s for p in train_pool) for s in ("easy", "hard", "unjudged")}
+    names = ("easy", "hard", "unjudged") if cfg.slice_by == "judge" else ("easy", "hard")
+    sizes = {s: sum(labels[p.id] == s for p in train_pool) for s in names}
     train_prompts = [prompt_of(p) for p in train_pool]
     held_prompts = [prompt_of(p) for p in held]
     probe = None
