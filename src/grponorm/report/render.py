@@ -76,7 +76,11 @@ def write_report(root: Path, experiments, records: list[dict], meta: dict) -> Pa
             summary_rows.append([exp.eid, exp.title, exp.paper, "-", note])
             continue
         s = rec["summary"]
-        rows = exp.rows(s)
+        try:
+            rows = exp.rows(s)
+        except Exception as exc:  # one bad summary must not cost the whole report
+            rows = [["(summary)", exp.paper, "-", f"could not summarize: differs? "
+                     f"{type(exc).__name__}: {exc}"]]
         ran = "reused from an earlier run" if rec.get("skipped") else "ran now"
         h.append(f"<p class='meta'>Paper: {html.escape(exp.paper)} · wall time "
                  f"{rec['wall_time_s']} s ({ran}) · run folder <code>"
