@@ -329,6 +329,7 @@ def run(cfg: CompareConfig, progress: bool = True) -> dict:
     out.write_text("table.md", text)
     summary = {
         "run_dir": str(out.path),
+        "figures": ["accuracy.png"] + (["success_hist.png"] if spread else []),
         "results": table,
         "spread": spread,
         "environment": environment(),

@@ -99,13 +99,18 @@ def _table1_rows(table1: dict, where: str) -> list[list]:
 
     lags = sorted(table1, key=int)
     same = table1[lags[0]]["pearson"]
+    undefined = "inconclusive (no correlation defined: constant values)"
     rows = [[f"Fisher vs reward variance, same step ({where})", "0.342 (p=0.008)",
              f"{_fmt(same['mean'])} (p={_fmt(same['p'], 2)})",
+             undefined if same["mean"] is None else
              "reproduced (positive, p<0.05)" if same["mean"] > 0 and significant(same) else
              "inconclusive (positive, not significant: too few steps?)" if same["mean"] > 0
              else f"differs ({same['mean'] - 0.342:+.3f})"]]
     across = [table1[g]["pearson"] for g in lags[1:]]
-    if across:
+    if across and any(a["mean"] is None for a in across):
+        rows.append([f"Fisher vs reward variance, across steps ({where})", "-0.028 (p=0.18)",
+                     " / ".join(_fmt(a["mean"]) for a in across), undefined])
+    elif across:
         none_sig = not any(significant(a) for a in across)
         rows.append([f"Fisher vs reward variance, across steps ({where})", "-0.028 (p=0.18)",
                      " / ".join(f"{_fmt(a['mean'])} (p={_fmt(a['p'], 2)})" for a in across)
