@@ -20,8 +20,11 @@ HEADER = ["quantity", "paper", "ours", "verdict"]
 
 
 def _figures(summary: dict) -> list[Path]:
+    """The figures a summary lists, else every PNG in its run folder."""
     run_dir = Path(summary.get("run_dir", ""))
-    return [run_dir / f for f in summary.get("figures", [])]
+    if "figures" in summary:
+        return [run_dir / f for f in summary["figures"]]
+    return sorted(run_dir.glob("*.png")) if run_dir.is_dir() else []
 
 
 def _verdict_class(v: str) -> str:
