@@ -104,8 +104,10 @@ def _table1_rows(table1: dict, where: str) -> list[list]:
              f"{_fmt(same['mean'])} (p={_fmt(same['p'], 2)})",
              undefined if same["mean"] is None else
              "reproduced (positive, p<0.05)" if same["mean"] > 0 and significant(same) else
-             "inconclusive (positive, not significant: too few steps?)" if same["mean"] > 0
-             else f"differs ({same['mean'] - 0.342:+.3f})"]]
+             "inconclusive (positive, not significant: too few steps?)"
+             if same["mean"] > 0 and same.get("steps", 0) < 10
+             else f"differs ({same['mean'] - 0.342:+.3f}, not significant)"
+             if same["mean"] > 0 else f"differs ({same['mean'] - 0.342:+.3f})"]]
     across = [table1[g]["pearson"] for g in lags[1:]]
     if across and any(a["mean"] is None for a in across):
         rows.append([f"Fisher vs reward variance, across steps ({where})", "-0.028 (p=0.18)",
