@@ -347,3 +347,17 @@ def test_device_resolution():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU"):
             resolve_device("cuda")
+
+
+def test_pass_rate_slicing_is_measured_once_and_cached(tiny_policy_dir, tmp_path):
+    cfg = _cfg(tiny_policy_dir, tmp_path, slice_by="pass_rate", pass_rate_k=2, steps=1,
+               eval_every=0, n_train=8)
+    s = trainer.run(cfg, progress=False)
+    assert sum(s["slice_sizes"].values()) == 16  # 8 per level, each easy or hard
+    (cache,) = (tmp_path / "cache" / "pass_rates").glob("*.json")
+    rates = json.loads(cache.read_text())["pass_rates"]
+    assert len(rates) == 16 + 2 * 2 and all(0.0 <= r <= 1.0 for r in rates.values())
+    stamp = cache.stat().st_mtime
+    trainer.run(_cfg(tiny_policy_dir, tmp_path, slice_by="pass_rate", pass_rate_k=2, steps=1,
+                     eval_every=0, n_train=8), progress=False)
+    assert cache.stat().st_mtime == stamp  # the second run read the cache

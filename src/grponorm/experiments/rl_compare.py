@@ -130,22 +130,12 @@ def _spread(cfg: CompareConfig, out: Run, progress: bool) -> dict:
     )
     model, tok = load_model(mcfg)
     engine = HFGenerateEngine(model, tok)
-    prompts = [chat_prompt(tok, rl_data.problem_messages(p)) for p in pool]
-    rates_all = {}
-    if cfg.slice_by == "pass_rate":  # the slicing itself needs every rate (same cache)
-        rates_all = trainer.measure_pass_rates(
-            engine,
-            prompts,
-            pool,
-            k=cfg.pass_rate_k,
-            temperature=cfg.temperature,
-            max_new_tokens=cfg.max_new_tokens,
-            seed=cfg.data_seed,
-            progress=progress,
-        )
-    if cfg.slice_by == "judge":
-        rates_all = trainer.judge_verdicts(base, pool, (model, tok, engine), progress)
-    labels = trainer.slice_labels(base, pool, rates_all or None)
+    def prompt_of(p):
+        return chat_prompt(tok, rl_data.problem_messages(p))
+
+    prompts = [prompt_of(p) for p in pool]
+    scores = trainer.difficulty_scores(base, pool, prompt_of, (model, tok, engine), progress)
+    labels = trainer.slice_labels(base, pool, scores)
     result = {}
     for s in cfg.slices:
         # distinct questions only: one-digit levels repeat questions within the pool

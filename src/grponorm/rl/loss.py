@@ -110,6 +110,17 @@ def cache_kwarg() -> str:
     return "cache" if "cache" in fields else "past_key_values"
 
 
+def prefill_shared(model, ids: torch.Tensor, mask: torch.Tensor, G: int):
+    """Run each of the ``(n, P)`` prompts once with a KV cache and repeat the cache for its G
+    samples. Returns ``(cache, logits of the last prompt position (n, 1, V), cache kwarg)``."""
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
+                use_cache=True, logits_to_keep=1)
+    key = cache_kwarg()
+    cache = getattr(out, key)
+    cache.batch_repeat_interleave(G)
+    return cache, out.logits[:, -1:], key
+
+
 def grouped_token_logprobs(
     model,
     input_ids: torch.Tensor,
@@ -136,17 +147,8 @@ def grouped_token_logprobs(
     if G < 1 or B % G:
         raise ValueError(f"batch of {B} rows is not a whole number of groups of {G}")
     p_ids, p_mask = input_ids[::G, :P], attention_mask[::G, :P]  # (B/G, P)
-    key = cache_kwarg()
-    out = model(
-        input_ids=p_ids,
-        attention_mask=p_mask,
-        position_ids=position_ids(p_mask),
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    cache = getattr(out, key)
-    cache.batch_repeat_interleave(G)
-    first = out.logits[:, -1:].repeat_interleave(G, dim=0)  # (B, 1, V): predicts token P
+    cache, last, key = prefill_shared(model, p_ids, p_mask, G)
+    first = last.repeat_interleave(G, dim=0)  # (B, 1, V): predicts token P
     c_ids = input_ids[:, P:]  # (B, C)
     rest = first[:, :0]
     if c_ids.shape[1] > 1:

@@ -31,7 +31,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from .loss import cache_kwarg, position_ids
+from .loss import prefill_shared
 
 __all__ = [
     "HFGenerateEngine",
@@ -188,17 +188,7 @@ class HFGenerateEngine:
         rows, rmask = ids.repeat_interleave(G, dim=0), mask.repeat_interleave(G, dim=0)
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             if self.share_prompt and ids.shape[1] > 1:
-                key = cache_kwarg()
-                head, hmask = ids[:, :-1], mask[:, :-1]
-                out = self.model(
-                    input_ids=head,
-                    attention_mask=hmask,
-                    position_ids=position_ids(hmask),
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
-                cache = getattr(out, key)
-                cache.batch_repeat_interleave(G)
+                cache, _, key = prefill_shared(self.model, ids[:, :-1], mask[:, :-1], G)
                 kwargs[key] = cache
             torch.manual_seed(seed)
             out = self.model.generate(input_ids=rows, attention_mask=rmask, **kwargs)

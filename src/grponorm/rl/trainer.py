@@ -384,6 +384,24 @@ def slice_labels(
     return {p.id: name for name, items in slices.items() for p in items}
 
 
+def difficulty_scores(cfg: TrainConfig, problems, prompt_of, loaded, progress: bool = False):
+    """What `slice_labels` needs besides the problems: the base model's pass rates
+    (slice_by=pass_rate) or the judge's verdicts (slice_by=judge), both cached; None otherwise.
+
+    Args:
+        prompt_of: problem -> the policy's chat prompt. loaded: (model, tokenizer, engine).
+    """
+    if cfg.slice_by == "pass_rate":
+        prompts = [prompt_of(p) for p in problems]
+        return measure_pass_rates(
+            loaded[2], prompts, problems, k=cfg.pass_rate_k, temperature=cfg.temperature,
+            max_new_tokens=cfg.max_new_tokens, seed=cfg.data_seed,
+            cache_file=_pass_rate_cache(cfg, prompts, problems), progress=progress)
+    if cfg.slice_by == "judge":
+        return judge_verdicts(cfg, problems, loaded, progress)
+    return None
+
+
 def judge_verdicts(cfg: TrainConfig, problems, loaded, progress: bool = False) -> dict:
     """slice_by=judge: verdicts of ``cfg.judge_model`` (the policy itself when the names match,
     else loaded for the occasion and released), cached under the cache folder."""
@@ -705,24 +723,8 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
     def prompt_of(p):
         return chat_prompt(tok, rl_data.problem_messages(p))
 
-    pass_rates = None
-    if cfg.slice_by == "pass_rate":
-        everything = train_pool + held
-        prompts_all = [prompt_of(p) for p in everything]
-        pass_rates = measure_pass_rates(
-            engine,
-            prompts_all,
-            everything,
-            k=cfg.pass_rate_k,
-            temperature=cfg.temperature,
-            max_new_tokens=cfg.max_new_tokens,
-            seed=cfg.data_seed,
-            cache_file=_pass_rate_cache(cfg, prompts_all, everything),
-            progress=progress,
-        )
-    if cfg.slice_by == "judge":
-        pass_rates = judge_verdicts(cfg, train_pool + held, (model, tok, engine), progress)
-    labels = slice_labels(cfg, train_pool + held, pass_rates)
+    scores = difficulty_scores(cfg, train_pool + held, prompt_of, (model, tok, engine), progress)
+    labels = slice_labels(cfg, train_pool + held, scores)
     if cfg.slice != "all":
         train_pool = [p for p in train_pool if labels[p.id] == cfg.slice]
         held = [p for p in held if labels[p.id] == cfg.slice]
