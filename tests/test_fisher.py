@@ -120,7 +120,7 @@ def test_group_traces_equal_hand_computation(tiny_policy_dir):
     """Per prompt: trace = G * ||grad of the mean completion log-likelihood||^2 (under logits/T,
     completion tokens only); .grad, mode and global RNG untouched."""
     from grponorm.rl.data import arithmetic_level, problem_messages
-    from grponorm.rl.loss import position_ids
+    from grponorm.rl.kvcache import position_ids
     from grponorm.rl.models import ModelConfig, apply_lora, chat_prompt, load_model
     from grponorm.rl.rollout import HFGenerateEngine
 

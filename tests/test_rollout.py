@@ -1,4 +1,7 @@
-"""Tests for grponorm.rl.rollout: masks from the first eos, grouping, seeding, prompt sharing."""
+"""Tests for grponorm.rl.rollout: masks from the first eos, grouping, seeding, prompt sharing.
+
+The interface tests run on both engines: ``HFGenerateEngine`` and ``decode.DecodeEngine``.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from grponorm.rl.data import arithmetic_level, problem_messages  # noqa: E402
+from grponorm.rl.decode import DecodeEngine  # noqa: E402
 from grponorm.rl.loss import token_logprobs  # noqa: E402
 from grponorm.rl.models import ModelConfig, chat_prompt, load_model  # noqa: E402
 from grponorm.rl.rollout import (  # noqa: E402
@@ -18,6 +22,7 @@ from grponorm.rl.rollout import (  # noqa: E402
 )
 
 EOS = 2
+ENGINES = pytest.mark.parametrize("Engine", [HFGenerateEngine, DecodeEngine])
 
 
 def test_completion_mask_from_first_eos():
@@ -55,9 +60,10 @@ def _gen(engine, prompts, seed, G=4, temperature=1.0):
     )
 
 
-def test_batch_layout_and_masks(engine_and_prompts):
+@ENGINES
+def test_batch_layout_and_masks(engine_and_prompts, Engine):
     model, tok, prompts = engine_and_prompts
-    engine = HFGenerateEngine(model, tok)
+    engine = Engine(model, tok)
     assert isinstance(engine, RolloutEngine)
     b = _gen(engine, prompts, seed=0)
     assert isinstance(b, RolloutBatch)
@@ -85,9 +91,10 @@ def test_batch_layout_and_masks(engine_and_prompts):
     assert b.completion_lengths.tolist() == b.completion_mask.sum(1).long().tolist()
 
 
-def test_seeded_and_leaves_global_rng_alone(engine_and_prompts):
+@ENGINES
+def test_seeded_and_leaves_global_rng_alone(engine_and_prompts, Engine):
     model, tok, prompts = engine_and_prompts
-    engine = HFGenerateEngine(model, tok)
+    engine = Engine(model, tok)
     torch.manual_seed(123)
     before = torch.get_rng_state()
     a, b, c = _gen(engine, prompts, 7), _gen(engine, prompts, 7), _gen(engine, prompts, 8)
@@ -105,9 +112,10 @@ def test_prompt_sharing_gives_the_same_samples(engine_and_prompts):
     assert chunked.input_ids.shape[0] == 12 and chunked.group.tolist() == plain.group.tolist()
 
 
-def test_greedy_is_identical_within_a_group(engine_and_prompts):
+@ENGINES
+def test_greedy_is_identical_within_a_group(engine_and_prompts, Engine):
     model, tok, prompts = engine_and_prompts
-    b = _gen(HFGenerateEngine(model, tok), prompts, 0, G=3, temperature=0.0)
+    b = _gen(Engine(model, tok), prompts, 0, G=3, temperature=0.0)
     for g in range(3):
         assert len(set(b.texts[g * 3 : (g + 1) * 3])) == 1
 
@@ -127,9 +135,10 @@ def test_logprobs_of_batch_match_unpadded_rows(engine_and_prompts):
             torch.testing.assert_close(lp[r][m], alone[0][m], rtol=1e-4, atol=1e-5)
 
 
-def test_argument_errors(engine_and_prompts):
+@ENGINES
+def test_argument_errors(engine_and_prompts, Engine):
     model, tok, prompts = engine_and_prompts
-    engine = HFGenerateEngine(model, tok)
+    engine = Engine(model, tok)
     with pytest.raises(ValueError, match="no prompts"):
         _gen(engine, [], 0)
     with pytest.raises(ValueError, match="G >= 1"):

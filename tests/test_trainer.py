@@ -77,6 +77,9 @@ def test_parse_options_and_validation():
         (dict(loss_agg="mean"), "loss_agg"),
         (dict(G=0), "G must be"),
         (dict(temperature=0.0), "temperature"),
+        (dict(rollout="hf"), "rollout must be"),
+        (dict(old_logprobs="cached"), "old_logprobs"),
+        (dict(attention="flash"), "attention must be"),
     ]:
         with pytest.raises(ValueError, match=msg):
             TrainConfig(**kw).validate()
@@ -361,3 +364,36 @@ def test_pass_rate_slicing_is_measured_once_and_cached(tiny_policy_dir, tmp_path
     trainer.run(_cfg(tiny_policy_dir, tmp_path, slice_by="pass_rate", pass_rate_k=2, steps=1,
                      eval_every=0, n_train=8), progress=False)
     assert cache.stat().st_mtime == stamp  # the second run read the cache
+
+
+def test_old_logprobs_come_from_the_rollout_without_an_extra_pass(tiny_policy_dir, tmp_path,
+                                                                   monkeypatch):
+    """With the decode engine, a multi-update step takes the sampling policy's log-probs from
+    the rollout: one forward per update and no no-grad pass; the metrics equal recomputing
+    them (float32), and the rollout/training log-prob gap is logged (~0 here)."""
+    calls = []
+    real = trainer.grouped_token_logprobs
+
+    def counting(*a, **kw):
+        calls.append(torch.is_grad_enabled())
+        return real(*a, **kw)
+
+    monkeypatch.setattr(trainer, "grouped_token_logprobs", counting)
+    recs = {}
+    for mode in ("auto", "recompute"):
+        calls.clear()
+        cfg = _cfg(tiny_policy_dir, tmp_path / mode, steps=2, updates_per_batch=2,
+                   old_logprobs=mode, eval_every=0, dtype="float32")
+        trainer.run(cfg, progress=False)
+        recs[mode] = read_metrics(next((tmp_path / mode / "runs" / "rl_train").iterdir()))
+        no_grad = calls.count(False)
+        assert no_grad == (0 if mode == "auto" else 2), calls  # one no-grad pass per step
+        assert calls.count(True) == 2 * 2  # two updates per step, one chunk each
+    for a, b in zip(recs["auto"], recs["recompute"], strict=True):
+        assert a["logprob_gap"] < 1e-4 and a["logprob_gap_max"] < 1e-3
+        for k in ("loss", "grad_norm", "clip_frac", "reward_mean"):
+            assert a[k] == pytest.approx(b[k], rel=1e-3, abs=1e-6), k
+    cfg = _cfg(tiny_policy_dir, tmp_path / "gen", steps=1, updates_per_batch=2,
+               old_logprobs="rollout", rollout="generate", eval_every=0)
+    with pytest.raises(ValueError, match="engine that returns log-probs"):
+        trainer.run(cfg, progress=False)

@@ -274,7 +274,7 @@ def _run_checkpoints(cfg: FisherConfig, progress: bool) -> dict:
     from ..rl import trainer
     from ..rl.models import ModelConfig, apply_lora, chat_prompt, load_model
     from ..rl.rewards import batch_rewards
-    from ..rl.rollout import HFGenerateEngine
+    from ..rl.rollout import make_engine
 
     src = Path(cfg.checkpoints).expanduser()
     tcfg = trainer._load_saved_config(src)
@@ -296,7 +296,9 @@ def _run_checkpoints(cfg: FisherConfig, progress: bool) -> dict:
     model, tok = load_model(mcfg)
     torch.manual_seed(tcfg.seed)
     model = apply_lora(model, mcfg)
-    engine = HFGenerateEngine(model, tok, share_prompt=tcfg.share_prompt)
+    engine = make_engine(tcfg.rollout, model, tok, share_prompt=tcfg.share_prompt,
+                         share_prefix=tcfg.share_prefix,
+                         gqa_attention=trainer.gqa_wanted(tcfg, model))
     prompts = [chat_prompt(tok, rl_data.problem_messages(p)) for p in probes]
     refs = [p.answer for p in probes for _ in range(tcfg.G)]
     G = tcfg.G

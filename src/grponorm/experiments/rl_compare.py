@@ -75,7 +75,11 @@ class CompareConfig:
     clip_eps: float = 0.2  # PPO clip range (0 = none)
     updates_per_batch: int = 1  # optimizer updates per sampled batch
     micro_batch: int = 0  # rows per forward/backward chunk (0 = whole batch)
+    rollout: str = "decode"  # rollout engine: decode (own loop), generate (transformers) or vllm
     share_prompt: bool = True  # run each prompt once per group (KV cache shared; same math)
+    share_prefix: bool = True  # run the token prefix common to a batch's prompts once (same math)
+    old_logprobs: str = "auto"  # updates_per_batch>1: auto (engine's if given), rollout, recompute
+    attention: str = "auto"  # rollout/log-prob attention: gqa (no KV copy), model, auto (CPU: gqa)
     eval_every: int = 10  # held-out eval every N steps (and at start and end; 0 = never)
     eval_temperature: float = 0.0  # eval sampling temperature (0 = greedy)
     checkpoint_every: int = 5  # checkpoint every N steps of each run
@@ -118,7 +122,7 @@ def _spread(cfg: CompareConfig, out: Run, progress: bool) -> dict:
 
     from ..rl import data as rl_data
     from ..rl.models import ModelConfig, chat_prompt, load_model
-    from ..rl.rollout import HFGenerateEngine
+    from ..rl.rollout import make_engine
 
     base = train_config(cfg, cfg.normalizers[0], "all", cfg.seeds[0], out.path)
     if cfg.threads:
@@ -129,7 +133,9 @@ def _spread(cfg: CompareConfig, out: Run, progress: bool) -> dict:
         **({"cache_dir": cfg.cache_dir} if cfg.cache_dir else {}),
     )
     model, tok = load_model(mcfg)
-    engine = HFGenerateEngine(model, tok)
+    engine = make_engine(cfg.rollout, model, tok, share_prefix=cfg.share_prefix,
+                         gqa_attention=trainer.gqa_wanted(base, model))
+
     def prompt_of(p):
         return chat_prompt(tok, rl_data.problem_messages(p))
 

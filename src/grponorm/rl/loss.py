@@ -32,26 +32,17 @@ from __future__ import annotations
 
 import torch
 
+from .kvcache import position_ids, prefill
+
 __all__ = [
     "AGGREGATIONS",
-    "cache_kwarg",
     "grouped_token_logprobs",
     "k3_kl",
     "policy_gradient_loss",
-    "position_ids",
     "token_logprobs",
 ]
 
 AGGREGATIONS = ("seq_mean", "token_sum")
-
-
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids for left-padded rows: ``cumsum(mask) - 1`` (0 on padding).
-
-    This is what ``generate`` uses, so a training forward pass sees the same positions as the
-    sampling pass did; a plain ``arange`` would shift every left-padded row.
-    """
-    return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
 
 
 def token_logprobs(
@@ -78,7 +69,9 @@ def token_logprobs(
     """
     kwargs = {}
     if completion_len is not None:
-        kwargs["logits_to_keep"] = int(completion_len) + 1
+        L = input_ids.shape[1]  # an index tensor, not an int: see kvcache.last_position
+        kwargs["logits_to_keep"] = torch.arange(L - int(completion_len) - 1, L,
+                                                device=input_ids.device)
     logits = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -101,26 +94,6 @@ def _pick(logits: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tens
     return torch.cat(out, dim=0)
 
 
-def cache_kwarg() -> str:
-    """Name of the KV-cache argument/output: ``cache`` (transformers >= 5.2x) or the older
-    ``past_key_values``."""
-    from transformers.modeling_outputs import CausalLMOutputWithPast
-
-    fields = getattr(CausalLMOutputWithPast, "__dataclass_fields__", {})
-    return "cache" if "cache" in fields else "past_key_values"
-
-
-def prefill_shared(model, ids: torch.Tensor, mask: torch.Tensor, G: int):
-    """Run each of the ``(n, P)`` prompts once with a KV cache and repeat the cache for its G
-    samples. Returns ``(cache, logits of the last prompt position (n, 1, V), cache kwarg)``."""
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
-                use_cache=True, logits_to_keep=1)
-    key = cache_kwarg()
-    cache = getattr(out, key)
-    cache.batch_repeat_interleave(G)
-    return cache, out.logits[:, -1:], key
-
-
 def grouped_token_logprobs(
     model,
     input_ids: torch.Tensor,
@@ -128,6 +101,7 @@ def grouped_token_logprobs(
     *,
     prompt_len: int,
     group_size: int,
+    share_prefix: bool = True,
     chunk: int = 16,
 ) -> torch.Tensor:
     r""":func:`token_logprobs` of the completions, computing each shared prompt once.
@@ -137,7 +111,9 @@ def grouped_token_logprobs(
     cache, the cache is repeated G times, and the completions run on top of it. The math is the
     same as the plain pass -- gradients flow through the cached keys/values into the prompt
     pass -- but the prompt costs ``1/G`` as much, which dominates when prompts are long
-    (few-shot) and completions short.
+    (few-shot) and completions short. With ``share_prefix`` the token prefix common to all
+    prompts (system prompt, worked examples) is also run only once
+    (:func:`grponorm.rl.kvcache.prefill`).
 
     Returns:
         ``(B, C)`` float32 log-probs of the completion tokens, ``C = L - prompt_len``.
@@ -147,15 +123,16 @@ def grouped_token_logprobs(
     if G < 1 or B % G:
         raise ValueError(f"batch of {B} rows is not a whole number of groups of {G}")
     p_ids, p_mask = input_ids[::G, :P], attention_mask[::G, :P]  # (B/G, P)
-    cache, last, key = prefill_shared(model, p_ids, p_mask, G)
+    cache, last, kv_mask, key = prefill(model, p_ids, p_mask, G, share_prefix=share_prefix)
     first = last.repeat_interleave(G, dim=0)  # (B, 1, V): predicts token P
     c_ids = input_ids[:, P:]  # (B, C)
     rest = first[:, :0]
     if c_ids.shape[1] > 1:
+        full = torch.cat([kv_mask.repeat_interleave(G, dim=0), attention_mask[:, P:]], dim=1)
         rest = model(
             input_ids=c_ids[:, :-1],
-            attention_mask=attention_mask[:, :-1],
-            position_ids=position_ids(attention_mask)[:, P:-1],
+            attention_mask=full[:, :-1],
+            position_ids=position_ids(full)[:, P:-1],
             use_cache=True,
             **{key: cache},
         ).logits  # (B, C - 1, V)

@@ -31,14 +31,19 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from .loss import prefill_shared
+from .kvcache import prefill_shared
 
 __all__ = [
+    "ENGINES",
     "HFGenerateEngine",
     "RolloutBatch",
     "RolloutEngine",
+    "build_batch",
+    "check_settings",
     "completion_mask_from_eos",
     "eos_token_ids",
+    "make_engine",
+    "tokenize_prompts",
 ]
 
 
@@ -56,8 +61,10 @@ class RolloutBatch:
         texts: ``B`` decoded completions (up to, not including, the first eos).
         group: ``(B,)`` long, the prompt index of each row (``row // G``).
         G: completions per prompt.
-        logprobs: optional ``(B, C)`` per-token log-probs of the sampled tokens under the
-            sampling policy (None when the engine does not provide them).
+        logprobs: optional ``(B, C)`` float32 log-probs ``log pi(o_t | q, o_<t)`` of the sampled
+            tokens under the policy at temperature 1 with no top-p (what the loss's
+            ``token_logprobs`` computes), 0 after the first eos; None when the engine does not
+            provide them.
     """
 
     input_ids: torch.Tensor
@@ -205,21 +212,8 @@ class HFGenerateEngine:
         generator_seed: int = 0,
     ) -> RolloutBatch:
         """Sample ``G`` completions for every prompt (see :class:`RolloutEngine`)."""
-        prompts = list(prompts)
-        if not prompts:
-            raise ValueError("no prompts given")
-        if G < 1 or max_new_tokens < 1:
-            raise ValueError(f"need G >= 1 and max_new_tokens >= 1; got G={G}, {max_new_tokens=}")
-        if temperature < 0 or not 0 < top_p <= 1:
-            raise ValueError(
-                f"need temperature >= 0 and 0 < top_p <= 1; got {temperature}, {top_p}"
-            )
-        tok = self.tokenizer
-        tok.padding_side = "left"
-        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        device = next(self.model.parameters()).device
-        ids = enc["input_ids"].to(device)  # (n, P)
-        mask = enc["attention_mask"].to(device)  # (n, P)
+        check_settings(prompts, G, max_new_tokens, temperature, top_p)
+        ids, mask = tokenize_prompts(self.tokenizer, prompts, self.model)  # (n, P)
         was_training = self.model.training
         self.model.eval()
         per_call = max(1, self.max_batch // G) if self.max_batch > 0 else len(prompts)
@@ -238,26 +232,99 @@ class HFGenerateEngine:
             ]
         finally:
             self.model.train(was_training)
+        pad = self.tokenizer.pad_token_id
         width = max(c.shape[1] for c in chunks)
-        pad = tok.pad_token_id
         completion = torch.cat(
             [torch.nn.functional.pad(c, (0, width - c.shape[1]), value=pad) for c in chunks]
         )  # (B, C)
-        cmask = completion_mask_from_eos(completion, self.eos_ids)  # (B, C)
-        lengths = cmask.sum(dim=1).long()
-        texts = []
-        for row, n in zip(completion.tolist(), lengths.tolist(), strict=True):
-            body = row[:n]
-            if body and body[-1] in self.eos_ids:
-                body = body[:-1]
-            texts.append(tok.decode(body, skip_special_tokens=True))
-        rows, rmask = ids.repeat_interleave(G, dim=0), mask.repeat_interleave(G, dim=0)
-        return RolloutBatch(
-            input_ids=torch.cat([rows, completion], dim=1),
-            attention_mask=torch.cat([rmask, cmask.to(rmask.dtype)], dim=1),
-            completion_mask=cmask,
-            prompt_len=int(ids.shape[1]),
-            texts=texts,
-            group=torch.arange(len(prompts), device=device).repeat_interleave(G),
-            G=int(G),
+        return build_batch(self.tokenizer, self.eos_ids, ids, mask, completion, G)
+
+
+def check_settings(prompts, G: int, max_new_tokens: int, temperature: float, top_p: float):
+    """Raise ValueError for sampling settings no engine can honour."""
+    if not len(prompts):
+        raise ValueError("no prompts given")
+    if G < 1 or max_new_tokens < 1:
+        raise ValueError(f"need G >= 1 and max_new_tokens >= 1; got G={G}, {max_new_tokens=}")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1; got {temperature}, {top_p}")
+
+
+def tokenize_prompts(tokenizer, prompts, model) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ``(n, P)`` ids and attention mask of the prompts, on the model's device."""
+    tokenizer.padding_side = "left"
+    enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+    device = next(model.parameters()).device
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+
+def build_batch(
+    tokenizer,
+    eos_ids: Sequence[int],
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    completion: torch.Tensor,
+    G: int,
+    logprobs: torch.Tensor | None = None,
+) -> RolloutBatch:
+    """Assemble a :class:`RolloutBatch` from ``(n, P)`` prompts and ``(n*G, C)`` completions.
+
+    Tokens after the first eos of a row are set to the pad token (and their log-probs to 0),
+    whatever the engine left there.
+    """
+    cmask = completion_mask_from_eos(completion, eos_ids)  # (B, C)
+    completion = completion.masked_fill(cmask == 0, tokenizer.pad_token_id)
+    if logprobs is not None:
+        logprobs = logprobs * cmask
+    lengths = cmask.sum(dim=1).long()
+    texts = []
+    for row, n in zip(completion.tolist(), lengths.tolist(), strict=True):
+        body = row[:n]
+        if body and body[-1] in eos_ids:
+            body = body[:-1]
+        texts.append(tokenizer.decode(body, skip_special_tokens=True))
+    rows, rmask = ids.repeat_interleave(G, dim=0), mask.repeat_interleave(G, dim=0)
+    return RolloutBatch(
+        input_ids=torch.cat([rows, completion], dim=1),
+        attention_mask=torch.cat([rmask, cmask.to(rmask.dtype)], dim=1),
+        completion_mask=cmask,
+        prompt_len=int(ids.shape[1]),
+        texts=texts,
+        group=torch.arange(ids.shape[0], device=ids.device).repeat_interleave(G),
+        G=int(G),
+        logprobs=logprobs,
+    )
+
+
+#: Rollout engines by name (``TrainConfig.rollout``).
+ENGINES = ("decode", "generate", "vllm")
+
+
+def make_engine(
+    name: str,
+    model,
+    tokenizer,
+    *,
+    share_prompt: bool = True,
+    share_prefix: bool = True,
+    gqa_attention: bool = True,
+) -> RolloutEngine:
+    """The rollout engine called ``name``:
+
+    - ``"decode"``: :class:`grponorm.rl.decode.DecodeEngine`, the own decode loop (default);
+    - ``"generate"``: :class:`HFGenerateEngine`, ``transformers``' ``generate`` (the reference);
+    - ``"vllm"``: :class:`grponorm.rl.vllm_engine.VLLMEngine` (GPU, needs ``vllm``).
+    """
+    if name == "decode":
+        from .decode import DecodeEngine
+
+        return DecodeEngine(
+            model, tokenizer, share_prefix=share_prefix, gqa_attention=gqa_attention
         )
+    if name == "generate":
+        return HFGenerateEngine(model, tokenizer, share_prompt=share_prompt)
+    if name == "vllm":
+        from .vllm_engine import VLLMEngine
+
+        return VLLMEngine(model, tokenizer)
+    raise ValueError(f"unknown rollout engine {name!r}; known: {', '.join(ENGINES)}")

@@ -52,9 +52,10 @@ import torch
 from ..normalizers import normalize_with_stats
 from ..runs import Run, environment, markdown_table, to_jsonable
 from . import data as rl_data
+from .attention import use_gqa_attention
 from .loss import AGGREGATIONS, grouped_token_logprobs, policy_gradient_loss, token_logprobs
 from .rewards import batch_rewards
-from .rollout import HFGenerateEngine, RolloutEngine
+from .rollout import ENGINES, RolloutEngine, make_engine
 
 __all__ = [
     "TIMING_FIELDS",
@@ -83,6 +84,8 @@ CHECKPOINT = "checkpoint.pt"
 #: Steps averaged for the start/end training accuracy of a summary.
 SUMMARY_WINDOW = 5
 SLICE_RULES = ("level", "steps", "pass_rate", "judge")
+OLD_LOGPROBS = ("auto", "rollout", "recompute")
+ATTENTIONS = ("auto", "gqa", "model")
 
 
 @dataclass
@@ -121,7 +124,11 @@ class TrainConfig:
     clip_eps: float = 0.2  # PPO clip range of the importance ratio (0 = none)
     updates_per_batch: int = 1  # optimizer updates per sampled batch (>1 uses the clip)
     micro_batch: int = 0  # rows per forward/backward chunk, whole groups (0 = whole batch)
+    rollout: str = "decode"  # rollout engine: decode (own loop), generate (transformers) or vllm
     share_prompt: bool = True  # run each prompt once per group (KV cache shared; same math)
+    share_prefix: bool = True  # run the token prefix common to a batch's prompts once (same math)
+    old_logprobs: str = "auto"  # updates_per_batch>1: auto (engine's if given), rollout, recompute
+    attention: str = "auto"  # rollout/log-prob attention: gqa (no KV copy), model, auto (CPU: gqa)
     eval_every: int = 10  # held-out eval every N steps (and at start and end; 0 = never)
     eval_temperature: float = 0.0  # eval sampling temperature (0 = greedy)
     checkpoint_every: int = 10  # checkpoint every N steps (0 = only at the end)
@@ -168,6 +175,20 @@ class TrainConfig:
                 "slice_by=level is for arithmetic; use steps, pass_rate or judge for gsm8k",
             )
         need(self.loss_agg in AGGREGATIONS, f"loss_agg must be one of {AGGREGATIONS}")
+        need(self.rollout in ENGINES, f"rollout must be one of {ENGINES}: {self.rollout!r}")
+        need(
+            self.attention in ATTENTIONS,
+            f"attention must be one of {ATTENTIONS}: {self.attention!r}",
+        )
+        need(
+            self.old_logprobs in OLD_LOGPROBS,
+            f"old_logprobs must be one of {OLD_LOGPROBS}: {self.old_logprobs!r}",
+        )
+        need(
+            not (self.old_logprobs == "rollout" and self.rollout == "generate"),
+            "old_logprobs=rollout needs an engine that returns log-probs (decode or vllm), "
+            "not generate",
+        )
         for name in (
             "G",
             "prompts_per_step",
@@ -412,7 +433,7 @@ def judge_verdicts(cfg: TrainConfig, problems, loaded, progress: bool = False) -
     if cfg.judge_model != cfg.model:
         model, tok = load_model(ModelConfig(model=cfg.judge_model, dtype=cfg.dtype,
                                             device=cfg.device, cache_dir=str(_cache_dir(cfg))))
-        engine = HFGenerateEngine(model, tok)
+        engine = make_engine(cfg.rollout, model, tok)
     return judge_difficulty(problems, engine, tok, judge_model=cfg.judge_model,
                             cache_dir=_cache_dir(cfg), progress=progress)
 
@@ -519,6 +540,14 @@ def _mean(xs) -> float | None:
     return float(np.mean(xs)) if xs else None
 
 
+def sync_policy(engine) -> None:
+    """Hand the current weights to an engine that keeps its own copy (vLLM) before it samples;
+    engines that run the training model itself have nothing to do."""
+    sync = getattr(engine, "sync_weights", None)
+    if callable(sync):
+        sync()
+
+
 def _evaluate(engine, prompts, problems, labels, cfg: TrainConfig, step: int) -> dict:
     t0 = time.perf_counter()
     batch = engine.generate(
@@ -584,8 +613,23 @@ def _fisher_diagnostic(engine, model, cfg: TrainConfig, step, batch, rewards, pr
     }
 
 
+def gqa_wanted(cfg: TrainConfig, model) -> bool:
+    """Whether rollouts and log-prob passes use ``grponorm.rl.attention`` (``attention=auto``:
+    on CPU, where it is faster; on a GPU the model's own kernel (sdpa/flash) is kept)."""
+    if cfg.attention != "auto":
+        return cfg.attention == "gqa"
+    return next(model.parameters()).device.type == "cpu"
+
+
 def _train_on_batch(model, optimizer, batch, adv, cfg: TrainConfig, ref_ctx) -> dict:
     """``updates_per_batch`` AdamW updates on one rollout batch; returns loss/grad stats."""
+    if gqa_wanted(cfg, model):
+        with use_gqa_attention(model):
+            return _updates(model, optimizer, batch, adv, cfg, ref_ctx)
+    return _updates(model, optimizer, batch, adv, cfg, ref_ctx)
+
+
+def _updates(model, optimizer, batch, adv, cfg: TrainConfig, ref_ctx) -> dict:
     from contextlib import nullcontext
 
     B, C = batch.completion_ids.shape
@@ -601,11 +645,17 @@ def _train_on_batch(model, optimizer, batch, adv, cfg: TrainConfig, ref_ctx) -> 
                 batch.attention_mask[c],
                 prompt_len=batch.prompt_len,
                 group_size=G,
+                share_prefix=cfg.share_prefix,
             )
         return token_logprobs(model, batch.input_ids[c], batch.attention_mask[c], completion_len=C)
 
     old = ref = None
     needs_old = cfg.updates_per_batch > 1
+    if needs_old and cfg.old_logprobs != "recompute":
+        if batch.logprobs is None and cfg.old_logprobs == "rollout":
+            raise ValueError("old_logprobs=rollout, but the rollout engine returns no log-probs")
+        old = batch.logprobs  # the sampling policy's, from the rollout: no extra pass
+        needs_old = old is None
     if needs_old or cfg.kl_coef > 0:
         model.eval()
         with torch.no_grad():
@@ -619,12 +669,16 @@ def _train_on_batch(model, optimizer, batch, adv, cfg: TrainConfig, ref_ctx) -> 
     stats_acc: list[dict] = []
     grad_norms, losses = [], []
     t_fwd = t_bwd = 0.0
-    for _ in range(cfg.updates_per_batch):
+    gaps: list[torch.Tensor] = []  # |training - rollout log-prob| per token, first update
+    for update in range(cfg.updates_per_batch):
         optimizer.zero_grad(set_to_none=True)
         total, parts = 0.0, []
         for c in chunks:
             t0 = time.perf_counter()
             logp = logprobs(c)
+            if update == 0 and batch.logprobs is not None:  # the policy that sampled
+                m = batch.completion_mask[c].bool()
+                gaps.append((logp.detach() - batch.logprobs[c])[m].abs())
             loss, st = policy_gradient_loss(
                 logp,
                 adv[c],
@@ -653,6 +707,9 @@ def _train_on_batch(model, optimizer, batch, adv, cfg: TrainConfig, ref_ctx) -> 
     out = {k: float(np.mean([s[k] for s in stats_acc])) for k in stats_acc[0]}
     out["tokens"] = float(batch.n_tokens)
     out.update(loss=float(np.mean(losses)), grad_norm=float(np.mean(grad_norms)))
+    if gaps:
+        gap = torch.cat(gaps)
+        out.update(logprob_gap=float(gap.mean()), logprob_gap_max=float(gap.max()))
     out.update(time_forward=t_fwd, time_backward=t_bwd)  # popped into the timing fields
     return out
 
@@ -718,7 +775,8 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
         **({"cache_dir": cfg.cache_dir} if cfg.cache_dir else {}),
     )
     model, tok = load_model(mcfg)
-    engine = HFGenerateEngine(model, tok, share_prompt=cfg.share_prompt)
+    engine = make_engine(cfg.rollout, model, tok, share_prompt=cfg.share_prompt,
+                         share_prefix=cfg.share_prefix, gqa_attention=gqa_wanted(cfg, model))
 
     def prompt_of(p):
         return chat_prompt(tok, rl_data.problem_messages(p))
@@ -763,6 +821,7 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
     def do_eval(step):
         if not (cfg.eval_every and held):
             return None
+        sync_policy(engine)
         rec = _evaluate(engine, held_prompts, held, labels, cfg, step)
         out.log(rec)
         return rec
@@ -783,6 +842,7 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
         t0 = time.perf_counter()
         idx = step_indices(len(train_pool), step, cfg.prompts_per_step, cfg.seed)
         probs = [train_pool[i] for i in idx]
+        sync_policy(engine)
         batch = engine.generate(
             [train_prompts[i] for i in idx],
             cfg.G,

@@ -1,0 +1,188 @@
+r"""A rollout engine with its own decode loop: prompt prefilled once per group, finished rows
+dropped, per-token log-probs returned.
+
+:class:`DecodeEngine` samples the same distribution as ``model.generate`` (temperature, top-p,
+eos, max new tokens) through the :class:`~grponorm.rl.rollout.RolloutEngine` interface, but
+
+- runs each prompt once and repeats its KV cache for the G samples of its group, and runs the
+  prefix all prompts share (system prompt, worked examples) only once
+  (:func:`grponorm.rl.kvcache.prefill`);
+- uses :mod:`grponorm.rl.attention` (grouped-query attention without copying the cache);
+- drops rows from the batch (and their KV cache) as soon as they emit an eos, so late decode
+  steps cost only the rows still running;
+- samples by inverse CDF from one uniform number per row and step, drawn for every row of the
+  batch from its own ``torch.Generator`` -- a row's tokens do not depend on which other rows are
+  still running, and the caller's global RNG is never touched;
+- returns ``log pi(o_t | q, o_<t)`` of every sampled token at temperature 1 (the loss's
+  log-prob), so an on-policy update needs no extra forward pass to know the sampling policy.
+
+Sampling one step, for logits ``z`` (a row) and temperature ``T > 0``::
+
+    p = softmax(z / T)                       (top-p: keep the most likely tokens while the mass
+                                              before them is < top_p, as transformers does)
+    token = min{k : cumsum(p)_k > u * sum(p)}   u ~ U[0, 1)
+
+``T == 0`` is greedy (argmax).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .attention import use_gqa_attention
+from .kvcache import position_ids, prefill, reserve
+from .rollout import RolloutBatch, build_batch, check_settings, eos_token_ids, tokenize_prompts
+
+__all__ = ["DecodeEngine", "sample_tokens"]
+
+
+def sample_tokens(
+    logits: torch.Tensor, u: torch.Tensor, temperature: float, top_p: float = 1.0
+) -> torch.Tensor:
+    """Draw one token per row by inverse CDF (see the module docstring).
+
+    Args:
+        logits: ``(b, V)`` next-token logits (any float dtype; computed in float32).
+        u: ``(b,)`` uniform numbers in ``[0, 1)``, one per row.
+        temperature: ``> 0`` samples from ``softmax(logits / T)``; ``0`` takes the argmax.
+        top_p: nucleus mass in ``(0, 1]`` (1 = no truncation).
+
+    Returns:
+        ``(b,)`` long token ids.
+    """
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    p = torch.softmax(logits.float() / temperature, dim=-1)  # (b, V)
+    if top_p >= 1.0:
+        cdf = p.cumsum(dim=-1)  # (b, V)
+        x = (u.to(cdf.dtype) * cdf[:, -1]).unsqueeze(1)  # (b, 1)
+        return torch.searchsorted(cdf, x, right=True).squeeze(1).clamp(max=p.shape[1] - 1)
+    ps, order = p.sort(dim=-1, descending=True)  # (b, V)
+    keep = (ps.cumsum(dim=-1) - ps) < top_p  # mass before the token < top_p (the first always)
+    ps = ps * keep
+    cdf = ps.cumsum(dim=-1)
+    x = (u.to(cdf.dtype) * cdf[:, -1]).unsqueeze(1)
+    j = torch.searchsorted(cdf, x, right=True).squeeze(1)
+    j = torch.minimum(j, keep.sum(dim=-1) - 1)  # (b,) index into the kept prefix
+    return order.gather(1, j.unsqueeze(1)).squeeze(1)
+
+
+def _token_logprob(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """``(b,)`` float32 ``log softmax(logits)[tokens]`` at temperature 1."""
+    z = logits.float()
+    return z.gather(1, tokens.unsqueeze(1)).squeeze(1) - torch.logsumexp(z, dim=-1)
+
+
+class DecodeEngine:
+    """:class:`~grponorm.rl.rollout.RolloutEngine` with its own decode loop (module docstring).
+
+    Args:
+        model: a ``transformers`` causal LM (peft-wrapped or plain) whose attention layers go
+            through ``transformers``' attention interface (Llama, Qwen2, Mistral, ...).
+        tokenizer: its tokenizer (left padding is enforced here).
+        share_prefix: run the token prefix common to all prompts of a call once
+            (:func:`~grponorm.rl.kvcache.prefill`).
+        drop_finished: remove rows from the batch once they have emitted an eos (same tokens,
+            fewer rows per step).
+        compact_at: drop finished rows once they are at least this fraction of the rows still
+            in the batch (each drop copies the KV cache of the rows kept; 0 = at every eos).
+        gqa_attention: decode with :func:`~grponorm.rl.attention.gqa_attention_forward` instead
+            of the model's configured attention.
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        share_prefix: bool = True,
+        drop_finished: bool = True,
+        compact_at: float = 0.25,
+        gqa_attention: bool = True,
+    ):
+        self.model = model
+        self.share_prefix = bool(share_prefix)
+        self.tokenizer = tokenizer
+        self.drop_finished = bool(drop_finished)
+        self.compact_at = float(compact_at)
+        self.gqa_attention = bool(gqa_attention)
+        self.eos_ids = eos_token_ids(tokenizer, model)
+        if tokenizer.pad_token_id is None:
+            raise ValueError("tokenizer has no pad token (load it with grponorm.rl.models)")
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        G: int,
+        *,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        generator_seed: int = 0,
+    ) -> RolloutBatch:
+        """Sample ``G`` completions for every prompt (see ``RolloutEngine``)."""
+        check_settings(prompts, G, max_new_tokens, temperature, top_p)
+        ids, mask = tokenize_prompts(self.tokenizer, prompts, self.model)  # (n, P)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                if self.gqa_attention:
+                    with use_gqa_attention(self.model):
+                        tokens, logps = self._decode(
+                            ids, mask, G, max_new_tokens, temperature, top_p, generator_seed
+                        )
+                else:
+                    tokens, logps = self._decode(
+                        ids, mask, G, max_new_tokens, temperature, top_p, generator_seed
+                    )
+        finally:
+            self.model.train(was_training)
+        return build_batch(self.tokenizer, self.eos_ids, ids, mask, tokens, G, logprobs=logps)
+
+    def _decode(self, ids, mask, G, max_new_tokens, temperature, top_p, seed):
+        """The decode loop: ``(n*G, C)`` sampled tokens and their float32 log-probs."""
+        model, device = self.model, ids.device
+        n = ids.shape[0]
+        B = n * G
+        gen = torch.Generator(device=device).manual_seed(int(seed))
+        eos = torch.tensor(self.eos_ids, device=device)
+        cache, last, kv_mask, key = prefill(model, ids, mask, G, share_prefix=self.share_prefix)
+        if self.gqa_attention:
+            reserve(cache, max_new_tokens)  # decode steps write in place
+        logits = last[:, -1].repeat_interleave(G, dim=0)  # (B, V)
+        amask = kv_mask.repeat_interleave(G, dim=0)  # (b, P + t) of the running rows
+        pos = position_ids(amask)[:, -1:]  # (b, 1) position of the last fed token
+        rows = torch.arange(B, device=device)  # (b,) original row of each running row
+        tokens = torch.full((B, max_new_tokens), self.tokenizer.pad_token_id, device=device)
+        logps = torch.zeros(B, max_new_tokens, device=device)
+        done = torch.zeros(B, dtype=torch.bool, device=device)  # (B,) emitted an eos
+        used = 0
+        for t in range(max_new_tokens):
+            u = torch.rand(B, generator=gen, device=device)[rows]  # (b,) every row draws
+            tok = sample_tokens(logits, u, temperature, top_p)  # (b,)
+            tokens[rows, t] = tok
+            logps[rows, t] = _token_logprob(logits, tok)
+            used = t + 1
+            done[rows] |= torch.isin(tok, eos)
+            running = ~done[rows]  # (b,)
+            if t == max_new_tokens - 1 or not bool(running.any()):
+                break
+            n_done = int((~running).sum())  # finished rows still in the batch
+            if self.drop_finished and n_done and n_done >= self.compact_at * len(running):
+                keep = running.nonzero().squeeze(1)
+                cache.batch_select_indices(keep)
+                rows, amask, pos, tok = rows[keep], amask[keep], pos[keep], tok[keep]
+            amask = torch.cat([amask, amask.new_ones(amask.shape[0], 1)], dim=1)
+            pos = pos + 1
+            logits = model(
+                input_ids=tok.unsqueeze(1),
+                attention_mask=amask,
+                position_ids=pos,
+                use_cache=True,
+                logits_to_keep=1,
+                **{key: cache},
+            ).logits[:, -1]  # (b, V)
+        return tokens[:, :used], logps[:, :used]
