@@ -28,6 +28,7 @@ Sampling one step, for logits ``z`` (a row) and temperature ``T > 0``::
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import torch
 
@@ -127,17 +128,12 @@ class DecodeEngine:
         ids, mask = tokenize_prompts(self.tokenizer, prompts, self.model)  # (n, P)
         was_training = self.model.training
         self.model.eval()
+        attention = use_gqa_attention(self.model) if self.gqa_attention else nullcontext()
         try:
-            with torch.no_grad():
-                if self.gqa_attention:
-                    with use_gqa_attention(self.model):
-                        tokens, logps = self._decode(
-                            ids, mask, G, max_new_tokens, temperature, top_p, generator_seed
-                        )
-                else:
-                    tokens, logps = self._decode(
-                        ids, mask, G, max_new_tokens, temperature, top_p, generator_seed
-                    )
+            with torch.no_grad(), attention:
+                tokens, logps = self._decode(
+                    ids, mask, G, max_new_tokens, temperature, top_p, generator_seed
+                )
         finally:
             self.model.train(was_training)
         return build_batch(self.tokenizer, self.eos_ids, ids, mask, tokens, G, logprobs=logps)
