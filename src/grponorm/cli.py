@@ -65,7 +65,9 @@ RL = {
 
 
 def _quiet_transformers() -> None:
-    """--no-progress also silences transformers' own bars ("Loading weights ...")."""
+    """--no-progress also silences transformers' own bars ("Loading weights ...", and the GGUF
+    conversion's plain tqdm bar, through tqdm's TQDM_DISABLE default)."""
+    os.environ.setdefault("TQDM_DISABLE", "1")
     if importlib.util.find_spec("transformers") is not None:
         from transformers.utils import logging as hf_logging
 
