@@ -34,7 +34,14 @@ import torch
 
 from .attention import use_gqa_attention
 from .kvcache import position_ids, prefill, reserve
-from .rollout import RolloutBatch, build_batch, check_settings, eos_token_ids, tokenize_prompts
+from .rollout import (
+    RolloutBatch,
+    build_batch,
+    check_settings,
+    eos_token_ids,
+    eval_mode,
+    tokenize_prompts,
+)
 
 __all__ = ["DecodeEngine", "sample_tokens"]
 
@@ -126,16 +133,11 @@ class DecodeEngine:
         """Sample ``G`` completions for every prompt (see ``RolloutEngine``)."""
         check_settings(prompts, G, max_new_tokens, temperature, top_p)
         ids, mask = tokenize_prompts(self.tokenizer, prompts, self.model)  # (n, P)
-        was_training = self.model.training
-        self.model.eval()
         attention = use_gqa_attention(self.model) if self.gqa_attention else nullcontext()
-        try:
-            with torch.no_grad(), attention:
-                tokens, logps = self._decode(
-                    ids, mask, G, max_new_tokens, temperature, top_p, generator_seed
-                )
-        finally:
-            self.model.train(was_training)
+        with eval_mode(self.model), torch.no_grad(), attention:
+            tokens, logps = self._decode(
+                ids, mask, G, max_new_tokens, temperature, top_p, generator_seed
+            )
         return build_batch(self.tokenizer, self.eos_ids, ids, mask, tokens, G, logprobs=logps)
 
     def _decode(self, ids, mask, G, max_new_tokens, temperature, top_p, seed):

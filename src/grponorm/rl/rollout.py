@@ -26,6 +26,7 @@ completion that ended right away.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -42,6 +43,7 @@ __all__ = [
     "check_settings",
     "completion_mask_from_eos",
     "eos_token_ids",
+    "eval_mode",
     "make_engine",
     "tokenize_prompts",
 ]
@@ -214,10 +216,8 @@ class HFGenerateEngine:
         """Sample ``G`` completions for every prompt (see :class:`RolloutEngine`)."""
         check_settings(prompts, G, max_new_tokens, temperature, top_p)
         ids, mask = tokenize_prompts(self.tokenizer, prompts, self.model)  # (n, P)
-        was_training = self.model.training
-        self.model.eval()
         per_call = max(1, self.max_batch // G) if self.max_batch > 0 else len(prompts)
-        try:
+        with eval_mode(self.model):
             chunks = [
                 self._sample(
                     ids[s : s + per_call],
@@ -230,14 +230,23 @@ class HFGenerateEngine:
                 )
                 for k, s in enumerate(range(0, len(prompts), per_call))
             ]
-        finally:
-            self.model.train(was_training)
         pad = self.tokenizer.pad_token_id
         width = max(c.shape[1] for c in chunks)
         completion = torch.cat(
             [torch.nn.functional.pad(c, (0, width - c.shape[1]), value=pad) for c in chunks]
         )  # (B, C)
         return build_batch(self.tokenizer, self.eos_ids, ids, mask, completion, G)
+
+
+@contextmanager
+def eval_mode(model):
+    """``model.eval()`` inside the block; its train/eval mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def check_settings(prompts, G: int, max_new_tokens: int, temperature: float, top_p: float):
