@@ -6,6 +6,7 @@ checks that its metrics equal an uninterrupted run's (timing fields aside).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -78,6 +79,8 @@ def test_parse_options_and_validation():
         (dict(G=0), "G must be"),
         (dict(temperature=0.0), "temperature"),
         (dict(rollout="hf"), "rollout must be"),
+        *([(dict(rollout="vllm"), "pip install vllm")]
+          if importlib.util.find_spec("vllm") is None else []),
         (dict(old_logprobs="cached"), "old_logprobs"),
         (dict(attention="flash"), "attention must be"),
     ]:

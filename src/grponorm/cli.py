@@ -171,7 +171,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished parts are in the run folder", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ImportError) as exc:
         print(f"grponorm: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -37,6 +37,7 @@ on CPU the resumed metrics equal an uninterrupted run's except for timing fields
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -176,6 +177,10 @@ class TrainConfig:
             )
         need(self.loss_agg in AGGREGATIONS, f"loss_agg must be one of {AGGREGATIONS}")
         need(self.rollout in ENGINES, f"rollout must be one of {ENGINES}: {self.rollout!r}")
+        need(
+            self.rollout != "vllm" or importlib.util.find_spec("vllm") is not None,
+            "rollout=vllm needs vllm (GPU only): pip install vllm",
+        )
         need(
             self.attention in ATTENTIONS,
             f"attention must be one of {ATTENTIONS}: {self.attention!r}",
