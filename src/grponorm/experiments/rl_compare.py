@@ -186,10 +186,6 @@ def _spread(cfg: CompareConfig, out: Run, progress: bool) -> dict:
     return result
 
 
-def _fmt(v) -> str:
-    return "-" if v is None else f"{v:.3f}"
-
-
 def _figure(cfg: CompareConfig, curves: dict, path: Path) -> None:
     fig, axes = figures.subplots(1, len(cfg.slices), w=4.8, h=3.4)
     for ax, s in zip(axes[0], cfg.slices, strict=True):
@@ -280,21 +276,7 @@ def run(cfg: CompareConfig, progress: bool = True) -> dict:
                 "train_time_s": float(np.mean([r["train_time_s"] for r in rs])),
             }
             table[f"{s}/{norm}"] = entry
-            rows.append(
-                [
-                    s,
-                    norm,
-                    len(rs),
-                    entry["acc_start"],
-                    entry["acc_end"],
-                    _fmt(entry["eval_start"]),
-                    _fmt(entry["eval_end"]),
-                    entry["frac_zero_variance"],
-                    f"{entry['time_step_s']:.1f} ({entry['time_generate_s']:.1f} / "
-                    f"{entry['time_forward_s']:.1f} / {entry['time_backward_s']:.1f})",
-                    entry["tokens_per_s"],
-                ]
-            )
+            rows.append([s, norm, len(rs), *trainer.summary_cells(entry)])
     header = [
         "slice",
         "normalizer",

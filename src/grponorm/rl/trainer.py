@@ -982,6 +982,25 @@ def summarize(run_dir: str | Path, cfg: TrainConfig, window: int = SUMMARY_WINDO
     }
 
 
+def summary_cells(s: dict) -> list:
+    """Table cells of a run summary (or a mean of summaries): train accuracy start/end, eval
+    start/end, zero-variance share, the time split and completion tokens/s. The time split ends
+    with ``/ other`` when the summary has ``time_other_s``."""
+    split = [s["time_generate_s"], s["time_forward_s"], s["time_backward_s"]]
+    times = " / ".join(f"{t:.1f}" for t in split)
+    if "time_other_s" in s:
+        times += f" / {s['time_other_s']:.2f}"
+    return [
+        s["acc_start"],
+        s["acc_end"],
+        "-" if s["eval_start"] is None else f"{s['eval_start']:.3f}",
+        "-" if s["eval_end"] is None else f"{s['eval_end']:.3f}",
+        s["frac_zero_variance"],
+        f"{s['time_step_s']:.1f} ({times})",
+        s["tokens_per_s"],
+    ]
+
+
 def _table(s: dict) -> str:
     header = [
         "normalizer",
@@ -995,21 +1014,5 @@ def _table(s: dict) -> str:
         "s/step (gen / fwd / bwd / other)",
         "tok/s",
     ]
-
-    def ev(v):
-        return "-" if v is None else f"{v:.3f}"
-
-    row = [
-        s["normalizer"],
-        s["slice"],
-        s["steps"],
-        s["acc_start"],
-        s["acc_end"],
-        ev(s["eval_start"]),
-        ev(s["eval_end"]),
-        s["frac_zero_variance"],
-        f"{s['time_step_s']:.1f} ({s['time_generate_s']:.1f} / {s['time_forward_s']:.1f} / "
-        f"{s['time_backward_s']:.1f} / {s['time_other_s']:.2f})",
-        s["tokens_per_s"],
-    ]
+    row = [s["normalizer"], s["slice"], s["steps"], *summary_cells(s)]
     return markdown_table(header, [row])
