@@ -25,9 +25,10 @@ import time
 import torch
 
 from grponorm.rl import data as rl_data
-from grponorm.rl.decode import DecodeEngine
 from grponorm.rl.models import ModelConfig, chat_prompt, load_model
-from grponorm.rl.rollout import HFGenerateEngine, completion_mask_from_eos, eos_token_ids
+from grponorm.rl.rollout.base import completion_mask_from_eos, eos_token_ids
+from grponorm.rl.rollout.decode import DecodeEngine
+from grponorm.rl.rollout.generate import HFGenerateEngine
 
 
 def main() -> None:

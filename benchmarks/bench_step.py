@@ -53,15 +53,18 @@ from transformers import PrinterCallback, TrainerCallback  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from grponorm.rl import trainer as rl_trainer  # noqa: E402
+from grponorm.rl.config import TrainConfig  # noqa: E402
 from grponorm.rl.data import problem_messages  # noqa: E402
 from grponorm.rl.models import ModelConfig, chat_prompt, load_model  # noqa: E402
+from grponorm.rl.problems import build_problems, step_indices  # noqa: E402
 from grponorm.rl.rewards import correctness_reward  # noqa: E402
+from grponorm.rl.summary import read_metrics  # noqa: E402
 
 LORA_R, LORA_ALPHA, LORA_TARGETS = 16, 32.0, ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
-def train_config(args, engine: str, run_dir: str = "") -> rl_trainer.TrainConfig:
-    return rl_trainer.TrainConfig(
+def train_config(args, engine: str, run_dir: str = "") -> TrainConfig:
+    return TrainConfig(
         model="embedded", dtype=args.dtype, lora_r=LORA_R, lora_alpha=LORA_ALPHA,
         lora_targets=LORA_TARGETS, levels=["add1", "mul1"], n_train=args.pool, n_eval=0,
         G=args.G, prompts_per_step=args.prompts, steps=args.warmup + args.steps, lr=args.lr,
@@ -84,7 +87,7 @@ def result(path: str, args, step_s: float, gen_s: float, acc: float, length: flo
 def bench_grponorm(args, engine: str, tmp: str) -> dict:
     run_dir = Path(tmp) / f"grponorm-{engine}"
     rl_trainer.run(train_config(args, engine, str(run_dir)), progress=False)
-    recs = rl_trainer.read_metrics(run_dir)[args.warmup:]
+    recs = read_metrics(run_dir)[args.warmup:]
 
     def avg(key):
         return mean(r[key] for r in recs)
@@ -113,10 +116,10 @@ def bench_trl(args, tmp: str) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     model, tok = load_model(ModelConfig(dtype=args.dtype))
-    pool, _ = rl_trainer.build_problems(train_config(args, "decode"))
+    pool, _ = build_problems(train_config(args, "decode"))
     n = args.warmup + args.steps
     rows = [pool[i] for s in range(1, n + 1)
-            for i in rl_trainer.step_indices(len(pool), s, args.prompts, args.seed)]
+            for i in step_indices(len(pool), s, args.prompts, args.seed)]
     data = Dataset.from_dict({"prompt": [chat_prompt(tok, problem_messages(p)) for p in rows],
                               "answer": [p.answer for p in rows]})
 

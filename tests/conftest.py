@@ -105,3 +105,28 @@ def tiny_policy_dir(tmp_path_factory) -> Path:
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+#: Settings of a tiny, fast training run on the tiny policy.
+TINY_TRAIN = dict(
+    levels=["add1", "mul1"],
+    n_train=16,
+    n_eval=2,
+    G=4,
+    prompts_per_step=2,
+    max_new_tokens=6,
+    temperature=1.0,
+    lr=5e-3,
+    lora_r=4,
+    lora_alpha=8.0,
+    threads=1,
+    eval_every=3,
+)
+
+
+def tiny_train_config(model_dir, tmp_path, **kw):
+    """A TrainConfig of a tiny run on ``model_dir``, writing under ``tmp_path``."""
+    from grponorm.rl.config import TrainConfig
+
+    return TrainConfig(model=str(model_dir), out=str(tmp_path / "runs"),
+                       cache_dir=str(tmp_path / "cache"), **{**TINY_TRAIN, **kw})

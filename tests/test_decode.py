@@ -1,4 +1,4 @@
-"""Tests for the own decode loop (grponorm.rl.decode), its attention and KV-cache helpers.
+"""Tests for the own decode loop (grponorm.rl.rollout.decode), its attention and KV-cache helpers.
 
 The reference is ``HFGenerateEngine(share_prompt=False)``: plain ``model.generate``.
 """
@@ -13,11 +13,11 @@ pytest.importorskip("transformers")
 
 from grponorm.rl.attention import use_gqa_attention  # noqa: E402
 from grponorm.rl.data import arithmetic_level, problem_messages  # noqa: E402
-from grponorm.rl.decode import DecodeEngine, sample_tokens  # noqa: E402
 from grponorm.rl.kvcache import common_prefix_len, position_ids, prefill  # noqa: E402
-from grponorm.rl.loss import grouped_token_logprobs, token_logprobs  # noqa: E402
+from grponorm.rl.logprobs import grouped_token_logprobs, token_logprobs  # noqa: E402
 from grponorm.rl.models import ModelConfig, chat_prompt, load_model  # noqa: E402
-from grponorm.rl.rollout import HFGenerateEngine  # noqa: E402
+from grponorm.rl.rollout.decode import DecodeEngine, sample_tokens  # noqa: E402
+from grponorm.rl.rollout.generate import HFGenerateEngine  # noqa: E402
 
 
 @pytest.fixture(scope="module")

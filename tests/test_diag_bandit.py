@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from grponorm.bandit.exact import hess_J, policy
+from grponorm.bandit.exact import hess_J
 from grponorm.bandit.features import orthogonal_features
 from grponorm.bandit.simulate import sample_outputs
 from grponorm.diagnostics import bandit_proxy as bp
@@ -16,10 +16,22 @@ def test_hessian_norms_match_parameter_space_hessian(rank):
     rng = np.random.default_rng(0)
     theta = rng.standard_normal(f.X.shape[2]) * 2
     a = rng.integers(0, 4, size=5)
-    p = np.stack([policy(f.X[i], theta) for i in range(5)])[None]  # (1, n, K)
-    got = bp.hessian_norms(bp.gram_sqrt(f.gram), p, a)[0]
+    z = np.stack([f.X[i] @ theta for i in range(5)])[None]  # (1, n, K) logits
+    got = bp.hessian_norms(bp.gram_sqrt(f.gram), z, a)[0]
     want = [np.linalg.norm(hess_J(f.X[i], int(a[i]), theta), 2) for i in range(5)]
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-15)
+
+
+def test_hessian_norms_two_outputs_next_to_one_half():
+    """K = 2 at pi* = 1/2 + 1e-12: the Hessian (~1e-12) keeps full relative accuracy, as the
+    parameter-space hess_J does (both use the tanh form)."""
+    f = orthogonal_features(1, 2, seed=0)
+    theta = np.linalg.lstsq(f.X[0], np.array([2e-12, 0.0]), rcond=None)[0]
+    z = (f.X[0] @ theta)[None, None]  # (1, 1, 2)
+    got = bp.hessian_norms(bp.gram_sqrt(f.gram), z, np.array([0]))[0, 0]
+    want = np.linalg.norm(hess_J(f.X[0], 0, theta), 2)
+    assert 0 < want < 1e-10
+    assert got == pytest.approx(want, rel=1e-9)
 
 
 def test_fisher_trace_closed_form_for_linear_softmax():

@@ -122,7 +122,7 @@ def test_group_traces_equal_hand_computation(tiny_policy_dir):
     from grponorm.rl.data import arithmetic_level, problem_messages
     from grponorm.rl.kvcache import position_ids
     from grponorm.rl.models import ModelConfig, apply_lora, chat_prompt, load_model
-    from grponorm.rl.rollout import HFGenerateEngine
+    from grponorm.rl.rollout.generate import HFGenerateEngine
 
     torch.set_num_threads(1)
     mcfg = ModelConfig(model=str(tiny_policy_dir), lora_r=4, lora_alpha=8.0, device="cpu")
@@ -175,20 +175,23 @@ DIAG_KEYS = {"diag_problems", "fisher_trace", "reward_var", "p_hat", "diag_compl
 
 
 def test_trainer_diagnostics_leave_training_unchanged(tiny_policy_dir, tmp_path):
+    from grponorm.experiments import rl_train
     from grponorm.rl import trainer
+    from grponorm.rl.config import TrainConfig
+    from grponorm.rl.summary import TIMING_FIELDS, read_metrics
 
     def go(name, **kw):
-        cfg = trainer.TrainConfig(model=str(tiny_policy_dir), run_dir=str(tmp_path / name),
-                                  cache_dir=str(tmp_path / "cache"), **{**TINY, **kw})
-        trainer.run(cfg, progress=False)
-        return trainer.read_metrics(tmp_path / name, kind=None)
+        cfg = TrainConfig(model=str(tiny_policy_dir), run_dir=str(tmp_path / name),
+                          cache_dir=str(tmp_path / "cache"), **{**TINY, **kw})
+        rl_train.run(cfg, progress=False)
+        return read_metrics(tmp_path / name, kind=None)
 
     plain = go("plain")
     batch = go("batch", diagnostics="fisher", diag_every=2)
     probe = go("probe", diagnostics="fisher", diag_every=1, diag_probe=3)
 
     def det(recs):
-        drop = set(trainer.TIMING_FIELDS) | DIAG_KEYS
+        drop = set(TIMING_FIELDS) | DIAG_KEYS
         return [{k: v for k, v in r.items() if k not in drop} for r in recs]
 
     assert det(batch) == det(plain)
@@ -200,7 +203,7 @@ def test_trainer_diagnostics_leave_training_unchanged(tiny_policy_dir, tmp_path)
         assert len(r["fisher_trace"]) == len(r["reward_var"]) == len(r["p_hat"]) == 2
         assert all(f > 0 for f in r["fisher_trace"])
         assert r["time_diag"] >= r["time_diag_fisher"] > 0
-        assert {"time_diag", "time_diag_fisher"} <= set(trainer.TIMING_FIELDS)
+        assert {"time_diag", "time_diag_fisher"} <= set(TIMING_FIELDS)
     tp = [r for r in probe if r["kind"] == "train"]
     ids = tp[0]["diag_problems"]
     assert len(ids) == 3 and all(r["diag_problems"] == ids for r in tp)
@@ -208,9 +211,12 @@ def test_trainer_diagnostics_leave_training_unchanged(tiny_policy_dir, tmp_path)
         p_hat = np.array(r["p_hat"])
         np.testing.assert_allclose(r["reward_var"], p_hat * (1 - p_hat))
     with pytest.raises(ValueError, match="diagnostics"):
-        trainer.TrainConfig(diagnostics="hessian").validate()
+        TrainConfig(diagnostics="hessian").validate()
     with pytest.raises(ValueError, match="diag_every"):
-        trainer.TrainConfig(diag_every=0).validate()
+        TrainConfig(diag_every=0).validate()
+    with pytest.raises(ValueError, match="needs its diagnostic"):  # the trainer alone has none
+        trainer.run(TrainConfig(model=str(tiny_policy_dir), run_dir=str(tmp_path / "x"),
+                                diagnostics="fisher", **TINY), progress=False)
 
 
 # ------------------------------------------------------------------------------ diag fisher
@@ -228,8 +234,8 @@ def test_diag_fisher_writes_table_summary_figures(tiny_policy_dir, tmp_path):
 
     cfg = diag_fisher.FisherConfig(
         model=str(tiny_policy_dir), dtype="float32", n_train=16, steps=4, G=4,
-        prompts_per_step=2, lora_r=4, max_new_tokens=6, temperature=1.0, lr=5e-3, probe=6,
-        every=1, lags=[0, 1, 2], threads=1, cache_dir=str(tmp_path / "cache"),
+        prompts_per_step=2, lora_r=4, lora_alpha=8.0, max_new_tokens=6, temperature=1.0, lr=5e-3,
+        diag_probe=6, diag_every=1, lags=[0, 1, 2], threads=1, cache_dir=str(tmp_path / "cache"),
         out=str(tmp_path / "runs"),
     )
     s = diag_fisher.run(cfg, progress=False)
@@ -244,8 +250,8 @@ def test_diag_fisher_writes_table_summary_figures(tiny_policy_dir, tmp_path):
     for name in saved["figures"]:
         _nonblank(run / name)
 
-    cfg2 = diag_fisher.FisherConfig(checkpoints=saved["train_dir"], probe=6, repeats=2, threads=1,
-                                    out=str(tmp_path / "runs"))
+    cfg2 = diag_fisher.FisherConfig(checkpoints=saved["train_dir"], diag_probe=6, repeats=2,
+                                    threads=1, out=str(tmp_path / "runs"))
     s2 = diag_fisher.run(cfg2, progress=False)
     run2 = Path(s2["run_dir"])
     assert [st["label"] for st in s2["states"]] == ["base", "checkpoint.pt"]

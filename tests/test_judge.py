@@ -46,7 +46,7 @@ class FakeTokenizer:
 
 
 def test_judge_difficulty_caches_and_counts_unjudged(tmp_path, monkeypatch):
-    monkeypatch.setattr("grponorm.rl.models.chat_prompt",
+    monkeypatch.setattr("grponorm.rl.judge.chat_prompt",
                         lambda tok, msgs, system=None: " ".join(m["content"] for m in msgs))
     eng = FakeEngine(["Easy", "Hard.", "I think 4"])
     probs = _problems(3)

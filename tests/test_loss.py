@@ -6,12 +6,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from grponorm.rl.loss import (  # noqa: E402
-    k3_kl,
-    policy_gradient_loss,
-    position_ids,
-    token_logprobs,
-)
+from grponorm.rl.kvcache import position_ids  # noqa: E402
+from grponorm.rl.logprobs import token_logprobs  # noqa: E402
+from grponorm.rl.loss import k3_kl, policy_gradient_loss  # noqa: E402
 
 
 def _policy(T=3, V=5, seed=0):
@@ -175,7 +172,7 @@ def test_token_logprobs_matches_log_softmax_and_ignores_left_padding(tiny):
 
 
 def test_grouped_logprobs_equal_plain_pass_with_gradients(tiny):
-    from grponorm.rl.loss import grouped_token_logprobs
+    from grponorm.rl.logprobs import grouped_token_logprobs
 
     model, _ = tiny
     g = torch.Generator().manual_seed(1)

@@ -29,9 +29,10 @@ pytest.importorskip("peft")
 from grponorm.normalizers import normalize  # noqa: E402
 from grponorm.rl.attention import use_gqa_attention  # noqa: E402
 from grponorm.rl.data import arithmetic_level, problem_messages  # noqa: E402
-from grponorm.rl.decode import DecodeEngine  # noqa: E402
-from grponorm.rl.loss import grouped_token_logprobs, policy_gradient_loss  # noqa: E402
+from grponorm.rl.logprobs import grouped_token_logprobs  # noqa: E402
+from grponorm.rl.loss import policy_gradient_loss  # noqa: E402
 from grponorm.rl.models import ModelConfig, apply_lora, chat_prompt, load_model  # noqa: E402
+from grponorm.rl.rollout.decode import DecodeEngine  # noqa: E402
 
 LOGP_ATOL, LOSS_RTOL, LOSS_ATOL, GRAD_COS, GRAD_NORM_RTOL = 0.05, 0.10, 5e-4, 0.99, 0.10
 

@@ -60,8 +60,9 @@ def _tiny_lm(model_dir, cache):
     lm = dict(model=str(model_dir), cache_dir=str(cache), threads=1)
     return {
         "E4": dict(lm, task="arithmetic", level="add1", pool_size=12, n_pairs=6, batch_size=4),
-        "E5": dict(lm, levels=["add1"], n_train=8, steps=2, probe=2, every=1, lags=[0, 1], G=2,
-                   prompts_per_step=2, lora_r=2, max_new_tokens=4),
+        "E5": dict(lm, levels=["add1"], n_train=8, steps=2, diag_probe=2, diag_every=1,
+                   lags=[0, 1], G=2, prompts_per_step=2, lora_r=2, lora_alpha=4.0,
+                   max_new_tokens=4),
         "E6": dict(lm, levels=["add1", "mul1"], n_train=8, n_eval=2, steps=2, spread_n=2,
                    pass_rate_k=2, G=2, prompts_per_step=2, lora_r=2, lora_alpha=4.0,
                    max_new_tokens=4, eval_every=1, checkpoint_every=1),
@@ -100,9 +101,11 @@ def test_rerun_skips_finished_experiments(report):
 
 
 def test_unavailable_experiment_is_reported_not_hidden(tmp_path, monkeypatch):
-    missing = rp.Experiment("E9", "missing", "grponorm.experiments.does_not_exist", "Cfg",
-                            "-", lambda s: [])
-    monkeypatch.setitem(rp.BY_ID, "E9", missing)
+    from grponorm.experiments import registry
+
+    missing = registry.Experiment("diag", "missing", "grponorm.experiments.does_not_exist",
+                                  "Cfg", "a missing experiment", "E9")
+    monkeypatch.setattr(registry, "EXPERIMENTS", [*registry.EXPERIMENTS, missing])
     path = rp.reproduce("quick", ["E9"], tmp_path, progress=False)
     assert "not run: No module named" in path.read_text()
 

@@ -11,15 +11,12 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from grponorm.rl.data import arithmetic_level, problem_messages  # noqa: E402
-from grponorm.rl.decode import DecodeEngine  # noqa: E402
-from grponorm.rl.loss import token_logprobs  # noqa: E402
+from grponorm.rl.logprobs import token_logprobs  # noqa: E402
 from grponorm.rl.models import ModelConfig, chat_prompt, load_model  # noqa: E402
-from grponorm.rl.rollout import (  # noqa: E402
-    HFGenerateEngine,
-    RolloutBatch,
-    RolloutEngine,
-    completion_mask_from_eos,
-)
+from grponorm.rl.rollout import RolloutBatch, RolloutEngine  # noqa: E402
+from grponorm.rl.rollout.base import completion_mask_from_eos  # noqa: E402
+from grponorm.rl.rollout.decode import DecodeEngine  # noqa: E402
+from grponorm.rl.rollout.generate import HFGenerateEngine  # noqa: E402
 
 EOS = 2
 ENGINES = pytest.mark.parametrize("Engine", [HFGenerateEngine, DecodeEngine])

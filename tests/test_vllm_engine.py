@@ -1,4 +1,4 @@
-"""Tests for grponorm.rl.vllm_engine without vllm: a fake LLM, and the weight mapping on CPU."""
+"""Tests for grponorm.rl.rollout.vllm without vllm: a fake LLM, and the weight mapping on CPU."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ pytest.importorskip("peft")
 
 from grponorm.rl.models import ModelConfig, apply_lora, load_model  # noqa: E402
 from grponorm.rl.rollout import RolloutBatch, RolloutEngine  # noqa: E402
-from grponorm.rl.vllm_engine import VLLMEngine, _weight_loader, merged_state_items  # noqa: E402
+from grponorm.rl.rollout.vllm import VLLMEngine, _weight_loader, merged_state_items  # noqa: E402
 
 PROMPTS = ["what is 2 + 3 ?", "what is 4 * 5 ? answer"]  # different lengths: left padding
 

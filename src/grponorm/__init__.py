@@ -1,13 +1,21 @@
 """grponorm: advantage normalization in critic-free policy gradients for LLMs.
 
-Layout:
-    normalizers   one registry of advantage normalizers over grouped rewards, shared by
-                  the bandit and the language-model trainer.
-    bandit/       the exact and sampled log-linear softmax bandit (theory engine).
-    rl/           the RLVR trainer: data, rewards, models, rollouts, loss, training loop.
-    experiments/  E1..E6 as small runnable modules with dataclass configs.
-    report/       figures and reports.
-    cli           the `grponorm` command.
+    from grponorm import normalize, normalize_with_stats, register_normalizer
+
+Layers, bottom to top (nothing imports upward; import-linter checks it):
+    normalizers, stats, bandit/   the normalizer registry, comparisons over seeds, the theory
+                                  engine (exact and sampled softmax bandit)
+    rl/                           the RLVR trainer: config, problems, policy, rollouts,
+                                  log-probs, loss, update, checkpoints, summaries
+    diagnostics/                  curvature and orthogonality diagnostics
+    integrations/                 grponorm inside TRL and verl
+    experiments/                  E1..E6, one registry used by the CLI and the report
+    report/                       `reproduce` and the HTML/Markdown report
+    cli                           the `grponorm` command
 """
 
+from .normalizers import normalize, normalize_with_stats, register_normalizer
+
 __version__ = "0.1.0"
+
+__all__ = ["normalize", "normalize_with_stats", "register_normalizer", "__version__"]

@@ -15,7 +15,6 @@ summary.json, table.md, PNG figures) and prints its table.
 from __future__ import annotations
 
 import argparse
-import importlib
 import importlib.util
 import os
 import sys
@@ -28,39 +27,12 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from .config import add_dataclass_args, dataclass_from_args
+from .experiments.registry import EXPERIMENTS, Experiment
 
-# name -> (module, config class, help line)
-BANDIT = {
-    "bounds": ("grponorm.experiments.bandit_bounds", "BoundsConfig",
-               "E1: worst observed ratio to each bound (Lemmas 2-4, Cor. 1, Thms 3-4) and "
-               "the sharpest constant observed; violations are reported loudly"),
-    "exact": ("grponorm.experiments.bandit_exact", "ExactConfig",
-              "E2: exact REINFORCE vs GRPO (paper or given step sizes): pi* curves with seed "
-              "bands, steps to mean pi* >= 0.9/0.99, C(n,T), interference study"),
-    "sampled": ("grponorm.experiments.bandit_sampled", "SampledConfig",
-                "E3: G sampled outputs per question, every normalizer, Easy/Hard sets, an LR "
-                "sweep; tables at a shared LR and at each normalizer's best LR"),
-}
-
-DIAG = {
-    "orthogonality": ("grponorm.experiments.diag_orthogonality", "OrthogonalityConfig",
-                      "E4: |cos| between penultimate-layer prompt embeddings of random question "
-                      "pairs (raw and mean-centered), histogram and inverse CDF"),
-    "fisher": ("grponorm.experiments.diag_fisher", "FisherConfig",
-               "E5 on a language model: per-prompt diagonal-Fisher trace vs reward variance, "
-               "same step and across lags (train with it, or measure saved checkpoints)"),
-    "bandit-proxy": ("grponorm.experiments.diag_bandit_proxy", "ProxyConfig",
-                     "E5 in the bandit: Fisher proxy and reward variance against the exact "
-                     "Hessian, same step and across lags"),
-}
-
-RL = {
-    "train": ("grponorm.rl.trainer", "TrainConfig",
-              "train one normalizer on one task/slice with LoRA (metrics, checkpoints, "
-              "--resume)"),
-    "compare": ("grponorm.experiments.rl_compare", "CompareConfig",
-                "E6: every normalizer on every slice with the same seeds; smoothed accuracy "
-                "figure and summary table"),
+GROUPS = {  # CLI group -> help line; the commands come from the experiment registry
+    "bandit": "theory engine: the exact and sampled softmax bandit (E1-E3)",
+    "diag": "curvature and orthogonality diagnostics (E4, E5)",
+    "rl": "language-model RLVR trainer (E6)",
 }
 
 
@@ -74,28 +46,24 @@ def _quiet_transformers() -> None:
         hf_logging.disable_progress_bar()
 
 
-def _load(module: str, cls: str):
-    mod = importlib.import_module(module)
-    return mod, getattr(mod, cls)
-
-
-def _add_group(sub, name: str, help_: str, table: dict, argv: list[str],
-               extra_all: bool = False):
+def _add_group(sub, name: str, help_: str, argv: list[str]):
     p = sub.add_parser(name, help=help_, description=help_)
     inner = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for cmd, (module, cls, doc) in table.items():
-        q = inner.add_parser(cmd, help=doc, description=doc)
-        q.set_defaults(_target=(module, cls))
-        if name not in argv or cmd not in argv:  # import only the experiment being run
+    for exp in EXPERIMENTS:
+        if exp.group != name:
+            continue
+        q = inner.add_parser(exp.command, help=exp.help, description=exp.help)
+        q.set_defaults(_target=exp)
+        if name not in argv or exp.command not in argv:  # import only the experiment being run
             continue
         try:
-            _, config_cls = _load(module, cls)
+            _, config_cls = exp.load()
         except ImportError as exc:  # an optional part is not installed: say how to get it
             q.set_defaults(_import_error=str(exc))
             continue
-        add_dataclass_args(q, config_cls)
+        add_dataclass_args(q, config_cls, skip=getattr(config_cls, "HIDDEN", ()))
         q.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    if extra_all:
+    if name == "bandit":
         q = inner.add_parser("all", help="run every bandit experiment with its defaults")
         q.add_argument("--out", default="runs", help="root folder for run outputs")
         q.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -107,10 +75,8 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="grponorm", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = parser.add_subparsers(dest="group", metavar="GROUP", required=True)
-    _add_group(sub, "bandit", "theory engine: the exact and sampled softmax bandit (E1-E3)",
-               BANDIT, argv, extra_all=True)
-    _add_group(sub, "diag", "curvature and orthogonality diagnostics (E4, E5)", DIAG, argv)
-    _add_group(sub, "rl", "language-model RLVR trainer (E6)", RL, argv)
+    for name, help_ in GROUPS.items():
+        _add_group(sub, name, help_, argv)
     rp = sub.add_parser(
         "reproduce", help="run E1-E6 and write report.html + report.md (paper vs ours)",
         description="Run the paper's experiments under one profile and write a self-contained "
@@ -127,13 +93,13 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
-def _run_one(module: str, cls: str, args: argparse.Namespace, **overrides) -> dict:
-    mod, config_cls = _load(module, cls)
+def _run_one(exp: Experiment, args: argparse.Namespace, **overrides) -> dict:
+    mod, config_cls = exp.load()
     cfg = dataclass_from_args(config_cls, args, **overrides)
     t0 = time.time()
     summary = mod.run(cfg, progress=not args.no_progress)
     run_dir = Path(summary.get("run_dir", ""))
-    print(f"\n== {module.rsplit('.', 1)[-1]}: {time.time() - t0:.1f}s -> {run_dir}")
+    print(f"\n== {exp.group} {exp.command}: {time.time() - t0:.1f}s -> {run_dir}")
     table = run_dir / "table.md"
     if table.exists():
         print(table.read_text())
@@ -161,13 +127,12 @@ def main(argv=None) -> int:
         print(f"report: {path}\n        {path.with_suffix('.md')}")
         return 0
     if args._target == "all":
-        for module, cls, _ in BANDIT.values():
-            _run_one(module, cls, argparse.Namespace(no_progress=args.no_progress),
-                     out=args.out)
+        for exp in EXPERIMENTS:
+            if exp.group == "bandit":
+                _run_one(exp, argparse.Namespace(no_progress=args.no_progress), out=args.out)
         return 0
-    module, cls = args._target
     try:
-        _run_one(module, cls, args)
+        _run_one(args._target, args)
     except KeyboardInterrupt:
         print("interrupted: finished parts are in the run folder", file=sys.stderr)
         return 130

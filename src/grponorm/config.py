@@ -18,16 +18,20 @@ _FIELD_DOC = re.compile(r"^\s+(\w+)\s*:[^#]*#\s*(.+)$")
 
 
 def field_docs(cls) -> dict[str, str]:
-    """The trailing ``# comment`` of each field in the class source."""
-    docs = {}
-    try:
-        src = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return docs
-    for line in src.splitlines():
-        m = _FIELD_DOC.match(line)
-        if m:
-            docs[m.group(1)] = m.group(2).strip()
+    """The trailing ``# comment`` of each field in the class source; for a config that extends
+    another, the base classes' comments too (a field redeclared in the subclass uses its own)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            src = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        for line in src.splitlines():
+            m = _FIELD_DOC.match(line)
+            if m:
+                docs[m.group(1)] = m.group(2).strip()
     return docs
 
 

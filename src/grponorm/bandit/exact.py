@@ -110,8 +110,8 @@ def logit_direction(p: np.ndarray, q: np.ndarray, a, method: str) -> np.ndarray:
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
 
-def logit_hessian(p: np.ndarray, q: np.ndarray, a: int, z: np.ndarray | None = None) -> np.ndarray:
-    """Hessian of pi* = p_a with respect to the logits, cancellation-free.
+def logit_hessians(p: np.ndarray, q: np.ndarray, a, z: np.ndarray | None = None) -> np.ndarray:
+    """Hessians of pi* = p_a with respect to the logits, cancellation-free, vectorized.
 
     d^2 p_a / dz^2 = p_a [u u^T - diag(p) + p p^T] with u = e_a - p. Entry by entry
     (M = bracket): M_jk = 2 p_j p_k - delta_jk p_j for j, k != a; M_aj = p_j (p_a - q_a);
@@ -120,28 +120,42 @@ def logit_hessian(p: np.ndarray, q: np.ndarray, a: int, z: np.ndarray | None = N
     given, so the Hessian keeps full relative accuracy even next to pi* = 1/2 where it is 0.
 
     Args:
-        p, q: (K,) probabilities and complements.
-        a: correct index.
-        z: (K,) logits (optional; used for K = 2).
+        p, q: (..., K) probabilities and complements (`softmax_with_complement`).
+        a: correct index, int or integer array broadcastable to p.shape[:-1].
+        z: (..., K) logits (optional; used for K = 2).
 
     Returns:
-        (K, K) Hessian in logit space.
+        (..., K, K) Hessians in logit space.
     """
-    if p.shape[0] == 2 and z is not None:
-        b = 1 - a
-        dq = np.tanh(0.5 * (z[b] - z[a]))  # q_a - p_a
-        M = np.empty((2, 2))
-        M[a, a] = q[a] * dq
-        M[a, b] = M[b, a] = -p[b] * dq
-        M[b, b] = p[b] * dq
-        return p[a] * M
-    M = 2.0 * np.outer(p, p)
-    M[np.diag_indices_from(M)] -= p
-    row = p * (p[a] - q[a])
-    M[a, :] = row
-    M[:, a] = row
-    M[a, a] = q[a] * (q[a] - p[a])
-    return p[a] * M
+    K = p.shape[-1]
+    a_idx = np.broadcast_to(np.asarray(a), p.shape[:-1])[..., None]  # (..., 1)
+    pa = np.take_along_axis(p, a_idx, axis=-1)  # (..., 1)
+    qa = np.take_along_axis(q, a_idx, axis=-1)  # (..., 1) = 1 - pi*, accurate
+    onehot = np.arange(K) == a_idx  # (..., K)
+    if K == 2 and z is not None:
+        za = np.take_along_axis(z, a_idx, axis=-1)
+        zb = np.take_along_axis(z, 1 - a_idx, axis=-1)
+        dq = np.tanh(0.5 * (zb - za))[..., 0]  # (...,) = q_a - p_a
+        pb = np.take_along_axis(p, 1 - a_idx, axis=-1)[..., 0]
+        M = np.empty(p.shape + (2,))
+        M[...] = (pb * dq)[..., None, None]  # the (b, b) entry
+        off = (-pb * dq)[..., None, None]
+        M = np.where(onehot[..., :, None] ^ onehot[..., None, :], off, M)
+        diag_a = (qa[..., 0] * dq)[..., None, None]
+    else:
+        M = 2.0 * p[..., :, None] * p[..., None, :]
+        M[..., np.arange(K), np.arange(K)] -= p
+        row = p * (pa - qa)  # (..., K)
+        M = np.where(onehot[..., :, None], row[..., None, :], M)
+        M = np.where(onehot[..., None, :], row[..., :, None], M)
+        diag_a = (qa * (qa - pa))[..., 0][..., None, None]
+    M = np.where(onehot[..., :, None] & onehot[..., None, :], diag_a, M)
+    return pa[..., None] * M
+
+
+def logit_hessian(p: np.ndarray, q: np.ndarray, a: int, z: np.ndarray | None = None) -> np.ndarray:
+    """:func:`logit_hessians` of one question: (K,) -> (K, K)."""
+    return logit_hessians(p, q, a, z)
 
 
 # ------------------------------------------------------------------------- public functions

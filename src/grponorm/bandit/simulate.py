@@ -392,8 +392,8 @@ def simulate_sampled(
         path, record_every, theta0: as in `simulate_exact`.
         collapse_level: a question has collapsed when one wrong answer holds this much mass.
         on_step: optional observer called before each update as
-            on_step(t, p (S, n, K), outputs (S, n, G), rewards (S, n, G)) - e.g. for curvature
-            diagnostics on the very samples the update uses.
+            on_step(t, p (S, n, K), outputs (S, n, G), rewards (S, n, G), logits (S, n, K)) -
+            e.g. for curvature diagnostics on the very samples the update uses.
     """
     a, seeds = _check_common(features, a, eta, T, seeds)
     if int(G) < 2:
@@ -442,7 +442,7 @@ def simulate_sampled(
                 acc[s, j] = rewards.mean()
                 zvf[s, j] = np.mean(np.all(rewards == rewards[:, :1], axis=1))
         if on_step is not None:
-            on_step(t, p, outs, rews)
+            on_step(t, p, outs, rews, z)
         if path == "fast":
             z += eta * _gram_apply(features, g)
         else:

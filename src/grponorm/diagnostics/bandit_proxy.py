@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..bandit.exact import logit_hessians, softmax_with_complement
+
 
 def gram_sqrt(gram: np.ndarray) -> np.ndarray:
     """Symmetric square roots of the (n, K, K) Gram matrices."""
@@ -26,28 +28,14 @@ def pi_star_and_complement(p: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np
     return np.where(onehot, p, 0.0).sum(-1), np.where(onehot, 0.0, p).sum(-1)
 
 
-def logit_hessians(p: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """Hessians of pi* in logit space, vectorized: (..., K) -> (..., K, K).
+def hessian_norms(root: np.ndarray, z: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """||hess J_i|| for (S, n, K) logits; root = gram_sqrt(gram) (n, K, K) -> (S, n).
 
-    Same cancellation-free entries as `grponorm.bandit.exact.logit_hessian`.
+    The logit-space Hessian is `grponorm.bandit.exact.logit_hessians` (cancellation-free, with
+    the K = 2 form that stays accurate next to pi* = 1/2).
     """
-    a_idx = np.broadcast_to(a, p.shape[:-1])[..., None]
-    pa, qa = (v[..., None] for v in pi_star_and_complement(p, a))  # (..., 1)
-    M = 2.0 * p[..., :, None] * p[..., None, :]
-    K = p.shape[-1]
-    M[..., np.arange(K), np.arange(K)] -= p
-    row = p * (pa - qa)  # (..., K)
-    onehot = np.arange(K) == a_idx  # (..., K)
-    M = np.where(onehot[..., :, None], row[..., None, :], M)
-    M = np.where(onehot[..., None, :], row[..., :, None], M)
-    diag_a = (qa * (qa - pa))[..., 0]
-    M = np.where(onehot[..., :, None] & onehot[..., None, :], diag_a[..., None, None], M)
-    return pa[..., None] * M
-
-
-def hessian_norms(root: np.ndarray, p: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """||hess J_i|| for (S, n, K) probabilities; root = gram_sqrt(gram) (n, K, K) -> (S, n)."""
-    A = root @ logit_hessians(p, a) @ root  # (S, n, K, K)
+    p, q = softmax_with_complement(z)  # (S, n, K)
+    A = root @ logit_hessians(p, q, a, z) @ root  # (S, n, K, K)
     return np.abs(np.linalg.eigvalsh(A)).max(axis=-1)
 
 

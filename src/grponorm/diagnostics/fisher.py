@@ -46,12 +46,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..rl.logprobs import batch_logprobs
+from ..rl.problems import probe_problems, step_seed
+from ..rl.rewards import batch_rewards
+
 __all__ = [
     "FisherEstimate",
+    "fisher_record",
     "group_fisher_traces",
     "reward_stats",
     "sequence_logprobs",
     "sophia_fisher",
+    "trainer_diagnostic",
 ]
 
 
@@ -117,16 +123,10 @@ def sequence_logprobs(
     ``share_prompt`` (prompt computed once per group, as in the trainer). Log-probs are taken
     under ``softmax(logits / temperature)``, the distribution the rollouts were sampled from.
     """
-    from ..rl.loss import grouped_token_logprobs, token_logprobs
-
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 (sampled responses); got {temperature}")
     m = model if temperature == 1.0 else _Tempered(model, temperature)
-    ids, att = batch.input_ids[rows], batch.attention_mask[rows]
-    if share_prompt:
-        logp = grouped_token_logprobs(m, ids, att, prompt_len=batch.prompt_len, group_size=batch.G)
-    else:
-        logp = token_logprobs(m, ids, att, completion_len=ids.shape[1] - batch.prompt_len)
+    logp = batch_logprobs(m, batch, rows, share_prompt=share_prompt)  # (b, C)
     mask = batch.completion_mask[rows].to(logp.dtype)
     return (logp * mask).sum(dim=1)
 
@@ -187,3 +187,60 @@ def reward_stats(rewards) -> dict[str, np.ndarray]:
     var = p * (1.0 - p)
     sample = var * G / (G - 1) if G > 1 else np.full_like(var, np.nan)
     return {"p_hat": p, "reward_var": var, "sample_var": sample}
+
+
+def fisher_record(model, batch, rewards, problem_ids, *, temperature: float,
+                  share_prompt: bool = True) -> dict:
+    """The Fisher-diagnostic record of one rollout batch, for a metrics line.
+
+    Per prompt (in ``problem_ids`` order): the Fisher trace of its G samples
+    (:func:`group_fisher_traces`), the reward variance ``p_hat (1 - p_hat)`` and ``p_hat`` of
+    the same samples (:func:`reward_stats`) and the mean completion length; plus the seconds
+    the backward passes took. ``rewards``: ``(n_prompts, G)`` 0/1 rewards of the batch.
+    """
+    est = group_fisher_traces(model, batch, temperature=temperature, share_prompt=share_prompt)
+    st = reward_stats(rewards)
+    lengths = batch.completion_lengths.view(-1, batch.G).float().mean(dim=1)  # (n_prompts,)
+    return {
+        "diag_problems": list(problem_ids),
+        "fisher_trace": est["fisher_trace"].tolist(),
+        "reward_var": st["reward_var"].tolist(),
+        "p_hat": st["p_hat"].tolist(),
+        "diag_completion_len": lengths.tolist(),
+        "time_diag_fisher": est["seconds"],
+    }
+
+
+def trainer_diagnostic(cfg, policy, train_pool: list):
+    """The trainer's step diagnostic for ``diagnostics="fisher"`` (``rl.trainer.run``).
+
+    By default it measures the step's own training groups (the samples the update uses);
+    with ``cfg.diag_probe = n`` a fixed probe set of ``n`` training problems
+    (``rl.problems.probe_problems``), sampled afresh and seeded by ``(seed, step)``, so the
+    same prompts are measured at every diagnostic step and correlations can be lagged.
+    """
+    probe = None
+    if cfg.diag_probe:
+        probe_set = probe_problems(cfg, train_pool)
+        probe = (probe_set, policy.prompts(probe_set))
+
+    def measure(step: int, batch, rewards, problems) -> dict:
+        t0 = time.perf_counter()
+        if probe is not None:
+            problems, prompts = probe
+            batch = policy.engine.generate(
+                prompts,
+                cfg.G,
+                max_new_tokens=cfg.max_new_tokens,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                generator_seed=step_seed(cfg.seed, step, 3),
+            )
+            refs = [p.answer for p in problems for _ in range(cfg.G)]
+            rewards = torch.tensor(batch_rewards(batch.texts, refs)).view(len(problems), cfg.G)
+        rec = fisher_record(policy.model, batch, rewards, [p.id for p in problems],
+                            temperature=cfg.temperature, share_prompt=cfg.share_prompt)
+        rec["time_diag"] = time.perf_counter() - t0
+        return rec
+
+    return measure

@@ -15,11 +15,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
+from .. import plotting
 from ..bandit.features import initial_logits, orthogonal_features, overlap_features
 from ..bandit.simulate import simulate_sampled
 from ..normalizers import available_normalizers
-from ..report import figures
 from ..runs import Run, markdown_table
+
+#: Column (and summary key) of the final mean pi* of a (set, normalizer) cell.
+FINAL = "final mean π*"
 
 
 @dataclass
@@ -89,7 +92,7 @@ def run(cfg: SampledConfig, progress: bool = True) -> dict:
 
     tuned = {s: {m: max(cfg.lrs, key=lambda lr, s=s, m=m: score(res[(s, m, lr)]))
                  for m in cfg.normalizers} for s in sets}
-    header = ["set", "normalizer", "lr", "final mean π*", "sd over seeds",
+    header = ["set", "normalizer", "lr", FINAL, "sd over seeds",
               "mean π* over training", "collapsed questions", "zero-variance groups"]
     shared_rows = [row_for(s, m, cfg.shared_lr) for s in sets for m in cfg.normalizers]
     tuned_rows = [row_for(s, m, tuned[s][m]) for s in sets for m in cfg.normalizers]
@@ -101,13 +104,13 @@ def run(cfg: SampledConfig, progress: bool = True) -> dict:
     out.write_text("table.md", table)
 
     # Figures: tuned curves per set, and the LR sweep ------------------------------------
-    fig, axes = figures.subplots(2, 2, w=4.8)
+    fig, axes = plotting.subplots(2, 2, w=4.8)
     for col, set_name in enumerate(sets):
         ax = axes[0][col]
         for m in cfg.normalizers:
             r = res[(set_name, m, tuned[set_name][m])]
-            figures.band(ax, r.t, r.mean_pi, f"{m} (lr {tuned[set_name][m]:g})",
-                         figures.color(m))
+            plotting.band(ax, r.t, r.mean_pi, f"{m} (lr {tuned[set_name][m]:g})",
+                         plotting.color(m))
         ax.set_title(f"{set_name.capitalize()}: each normalizer at its best LR", fontsize=9)
         ax.set_xlabel("step")
         ax.set_ylabel("mean π*")
@@ -116,14 +119,14 @@ def run(cfg: SampledConfig, progress: bool = True) -> dict:
         for m in cfg.normalizers:
             finals = [res[(set_name, m, lr)].mean_pi[:, -1] for lr in cfg.lrs]
             ax.errorbar(cfg.lrs, [f.mean() for f in finals], yerr=[f.std() for f in finals],
-                        label=m, color=figures.color(m), marker="o", ms=3, capsize=2)
+                        label=m, color=plotting.color(m), marker="o", ms=3, capsize=2)
         ax.axvline(cfg.shared_lr, color="k", ls=":", lw=0.8)
         ax.set_xscale("log")
         ax.set_xlabel("learning rate")
         ax.set_ylabel(f"mean π* after {cfg.T} steps")
         ax.set_title(f"{set_name.capitalize()}: learning-rate sweep", fontsize=9)
         ax.legend(fontsize=6)
-    figures.save(fig, out.file("sampled_normalizers.png"))
+    plotting.save(fig, out.file("sampled_normalizers.png"))
 
     summary = {
         "experiment": "E3", "tuned_lr": tuned,
@@ -134,3 +137,25 @@ def run(cfg: SampledConfig, progress: bool = True) -> dict:
     }
     out.finish(summary)
     return summary
+
+
+# ------------------------------------------------------------------------------ report
+
+TITLE = 'Sampled normalizers on Easy/Hard synthetic tasks'
+PAPER_LINE = 'Std helps most on high-variance (Hard) prompts'
+PROFILES = {"quick": dict(n=32, seeds=3, T=80), "cpu": {}, "paper": dict(seeds=10, T=300)}
+
+
+def report_rows(s: dict) -> list[list]:
+    """Paper-vs-ours rows: the Std gap on Easy and Hard at the shared and the tuned LR."""
+    def gap(table, split):
+        return table[f"{split}/group_std"][FINAL] - table[f"{split}/none"][FINAL]
+
+    rows = []
+    for label, table in (("shared LR", s["shared"]), ("tuned LR", s["tuned"])):
+        he, ea = gap(table, "hard"), gap(table, "easy")
+        verdict = ("reproduced (gain larger on Hard)" if he > ea and he > 0 else
+                   f"differs (Hard gap {he:+.3f}, Easy gap {ea:+.3f})")
+        rows.append([f"group_std − none, final mean π* ({label})", "Std helps most on Hard",
+                     f"Easy {ea:+.3f}, Hard {he:+.3f}", verdict])
+    return rows

@@ -38,14 +38,28 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
+from .. import plotting
 from ..diagnostics.correlation import lag_table, per_step, summarize
-from ..report import figures
+from ..diagnostics.fisher import fisher_record, trainer_diagnostic
+from ..rl import trainer
+from ..rl.checkpoint import restore_trainable
+from ..rl.config import TrainConfig, load_saved_config
+from ..rl.policy import load_policy
+from ..rl.problems import build_problems, probe_problems, slice_labels
+from ..rl.rewards import batch_rewards
+from ..rl.summary import read_metrics
 from ..runs import Run, markdown_table, to_jsonable
+from . import table1
+from .table1 import PAPER, PAPER_TABLE1, table1_rows
 
 PAIRS = {  # name -> (x, y): correlate x[t] with y[t + lag] across prompts
     "fisher_trace vs sampled variance (paper's Table 1)": ("fisher_trace", "reward_var"),
@@ -53,47 +67,32 @@ PAIRS = {  # name -> (x, y): correlate x[t] with y[t + lag] across prompts
     "completion length vs sampled variance": ("completion_len", "reward_var"),
 }
 MAIN = next(iter(PAIRS))
-PAPER = {
-    "same step": {"pearson": 0.342, "p": 0.008},
-    "across steps": {"pearson": -0.028, "p": 0.18},
-}
 KEYS = ("fisher_trace", "reward_var", "p_hat", "completion_len")
 
 
 @dataclass
-class FisherConfig:
-    """Fisher-vs-variance diagnostic settings (E5 on a language model)."""
+class FisherConfig(TrainConfig):
+    """E5 settings: a training run with the Fisher diagnostic on (every ``rl train`` setting
+    applies), the lags to correlate, or saved checkpoints to measure instead."""
 
-    model: str = "embedded"  # HF id, local model folder, .gguf file, or embedded (SmolLM2-135M)
-    dtype: str = "bfloat16"  # parameter dtype (LoRA adapters stay fp32)
-    levels: list = field(default_factory=lambda: ["add1", "mul1"])  # arithmetic presets pooled
-    n_train: int = 256  # training problems per level
-    normalizer: str = "group_std"  # advantage normalizer of the training run
+    HIDDEN: ClassVar[tuple[str, ...]] = ("diagnostics", "run_dir", "resume")
     steps: int = 12  # training steps
-    G: int = 8  # completions per prompt (also the Fisher estimate's B)
-    prompts_per_step: int = 4  # training prompts (groups) per step
-    lr: float = 5e-4  # AdamW learning rate
-    lora_r: int = 16  # LoRA rank (the Fisher is over the adapters)
-    max_new_tokens: int = 12  # completion length limit
-    temperature: float = 0.7  # sampling temperature (the Fisher is of this sampling policy)
-    probe: int = 12  # fixed probe-set size (0 = each step's training groups, same step only)
-    every: int = 2  # measure every k training steps
+    eval_every: int = 0  # held-out eval every N steps (0 = never: E5 measures a probe set)
+    checkpoint_every: int = 0  # checkpoint every N steps (0 = only at the end)
+    diagnostics: str = "fisher"  # the step diagnostic (always fisher here)
+    diag_every: int = 2  # measure every k training steps
+    diag_probe: int = 12  # fixed probe-set size (0 = each step's training groups, same step only)
     lags: list = field(default_factory=lambda: [0, 1, 2, 3])  # lags in measurements (k steps)
     checkpoints: str = ""  # trainer run folder: measure its saved weights instead of training
     repeats: int = 3  # checkpoints mode: independent sample draws per saved state
-    seed: int = 0  # training / sampling seed
-    data_seed: int = 0  # problem-pool and probe-set seed
-    threads: int = 0  # torch CPU threads (0 = torch's default)
-    device: str = "auto"  # auto, cpu, cuda or cuda:N
-    cache_dir: str = ""  # model cache ("" = $GRPONORM_CACHE or ~/.cache/grponorm)
-    out: str = "runs"  # root folder for run outputs
 
 
 def run(cfg: FisherConfig, progress: bool = True) -> dict:
+    """Train with the diagnostic on (or measure ``checkpoints``); correlate; write the tables."""
     if cfg.G < 2:
         raise ValueError(f"G must be >= 2 (a reward variance needs two samples); got {cfg.G}")
-    if cfg.every < 1 or cfg.probe < 0 or cfg.repeats < 1:
-        raise ValueError("need every >= 1, probe >= 0 and repeats >= 1")
+    if cfg.diag_every < 1 or cfg.diag_probe < 0 or cfg.repeats < 1:
+        raise ValueError("need diag_every >= 1, diag_probe >= 0 and repeats >= 1")
     if cfg.checkpoints:
         return _run_checkpoints(cfg, progress)
     return _run_training(cfg, progress)
@@ -102,36 +101,10 @@ def run(cfg: FisherConfig, progress: bool = True) -> dict:
 # ------------------------------------------------------------------------------ training mode
 
 
-def train_config(cfg: FisherConfig, run_dir: str | Path):
-    """The ``TrainConfig`` of the default mode (diagnostics on, no eval, final checkpoint)."""
-    from ..rl.trainer import TrainConfig
-
-    return TrainConfig(
-        model=cfg.model,
-        dtype=cfg.dtype,
-        lora_r=cfg.lora_r,
-        lora_alpha=2.0 * cfg.lora_r,
-        levels=list(cfg.levels),
-        n_train=cfg.n_train,
-        data_seed=cfg.data_seed,
-        normalizer=cfg.normalizer,
-        G=cfg.G,
-        prompts_per_step=cfg.prompts_per_step,
-        steps=cfg.steps,
-        lr=cfg.lr,
-        max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature,
-        eval_every=0,
-        checkpoint_every=0,
-        seed=cfg.seed,
-        threads=cfg.threads,
-        device=cfg.device,
-        cache_dir=cfg.cache_dir,
-        run_dir=str(run_dir),
-        diagnostics="fisher",
-        diag_every=cfg.every,
-        diag_probe=cfg.probe,
-    )
+def train_config(cfg: FisherConfig, run_dir: str | Path) -> TrainConfig:
+    """The ``TrainConfig`` of the default mode: this config's training fields, diagnostics on."""
+    return TrainConfig(**{**cfg.train_fields(), "run_dir": str(run_dir), "resume": "",
+                          "diagnostics": "fisher"})
 
 
 def matrices(records: list[dict]) -> tuple[list[int], dict[str, np.ndarray], bool]:
@@ -176,37 +149,35 @@ def cost(records: list[dict], n_measured: int, prompts_per_step: int) -> dict:
 
 
 def _run_training(cfg: FisherConfig, progress: bool) -> dict:
-    from ..rl import trainer
-
     out = Run.create(cfg.out, "diag_fisher", cfg)
     tcfg = train_config(cfg, out.path / "train")
-    tsum = trainer.run(tcfg, progress=progress)
-    records = trainer.read_metrics(out.path / "train")
+    tsum = trainer.run(tcfg, progress=progress, diagnostic=trainer_diagnostic)
+    records = read_metrics(out.path / "train")
     steps, data, same = matrices(records)
     T, n = data["fisher_trace"].shape
     lags = [g for g in cfg.lags if g < T] if same else [0]
     results = {name: lag_table(data[x], data[y], lags) for name, (x, y) in PAIRS.items()}
     c = cost(records, n, cfg.prompts_per_step)
-    where = (f"fixed probe set of {n} training problems, fresh samples every {cfg.every} steps"
-             if cfg.probe else f"each step's {n} training groups (same samples as the update)")
+    where = (f"fixed probe set of {n} training problems, fresh samples every {cfg.diag_every} steps"
+             if cfg.diag_probe else f"each step's {n} training groups (same samples as the update)")
     head = (
         f"{cfg.model} ({cfg.dtype}), levels {', '.join(cfg.levels)}, {cfg.normalizer} lr={cfg.lr}, "
         f"{cfg.steps} steps; Fisher trace over LoRA r={cfg.lora_r} adapters, B=G={cfg.G}, "
         f"T={cfg.temperature}; {where}; {T} measurements (steps {steps[0]}..{steps[-1]}). "
-        f"Lag L = {cfg.every}·L training steps."
+        f"Lag L = {cfg.diag_every}·L training steps."
     )
     across = min((g for g in lags if g > 0), default=None)
     rows = [["same step (lag 0)", *_paper_cells("same step"), *_cells(results[MAIN].get(0))]]
     if across is not None:
-        rows.append([f"across steps (lag {across} = {across * cfg.every} steps)",
+        rows.append([f"across steps (lag {across} = {across * cfg.diag_every} steps)",
                      *_paper_cells("across steps"), *_cells(results[MAIN][across])])
-    table = _tables(head, rows, results, cfg.every, c)
+    table = _tables(head, rows, results, cfg.diag_every, c)
     out.write_text("table.md", table)
-    figs = _figures(out, data, steps, results, cfg.every)
+    figs = _figures(out, data, steps, results, cfg.diag_every)
     summary = {
         "experiment": "E5-LM",
         "mode": "train",
-        "probe": cfg.probe,
+        "probe": cfg.diag_probe,
         "n_prompts": n,
         "measurements": T,
         "steps_measured": steps,
@@ -246,60 +217,37 @@ def saved_states(run_dir: Path) -> list[tuple[str, int, Path | None]]:
 
 
 def _load_state(model, label: str, file: Path | None) -> None:
-    import torch
-
     if file is None:
         return
     if label == "adapter":
-        from peft import set_peft_model_state_dict
+        from peft import set_peft_model_state_dict  # peft: only for runs saved as adapters
         from safetensors.torch import load_file
 
         set_peft_model_state_dict(model, load_file(str(file / "adapter_model.safetensors")))
         return
-    state = torch.load(file, map_location="cpu", weights_only=False)
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, t in state["trainable"].items():
-            params[name].copy_(t)
+    restore_trainable(model, torch.load(file, map_location="cpu", weights_only=False)["trainable"])
 
 
 def _run_checkpoints(cfg: FisherConfig, progress: bool) -> dict:
-    import time
-
-    import torch
-    from tqdm.auto import tqdm
-
-    from ..diagnostics.fisher import group_fisher_traces, reward_stats
-    from ..rl import data as rl_data
-    from ..rl import trainer
-    from ..rl.models import ModelConfig, apply_lora, chat_prompt, load_model
-    from ..rl.rewards import batch_rewards
-    from ..rl.rollout import make_engine
-
     src = Path(cfg.checkpoints).expanduser()
-    tcfg = trainer._load_saved_config(src)
+    tcfg = load_saved_config(src)
     if tcfg.lora_r <= 0:
         raise ValueError("checkpoints mode needs a LoRA run (lora_r > 0)")
     states = saved_states(src)
     out = Run.create(cfg.out, "diag_fisher", cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    pool, _ = trainer.build_problems(tcfg)
+    pool, _ = build_problems(tcfg)
     if tcfg.slice != "all" and tcfg.slice_by != "pass_rate":
-        labels = trainer.slice_labels(tcfg, pool, None)
+        labels = slice_labels(tcfg, pool, None)
         pool = [p for p in pool if labels[p.id] == tcfg.slice]
-    probes = trainer.probe_problems(replace(tcfg, diag_probe=cfg.probe or 12), pool)
-    mcfg = ModelConfig(model=tcfg.model, dtype=tcfg.dtype, lora_r=tcfg.lora_r,
-                       lora_alpha=tcfg.lora_alpha, lora_targets=tuple(tcfg.lora_targets),
-                       device=tcfg.device if cfg.device == "auto" else cfg.device,
-                       **({"cache_dir": tcfg.cache_dir} if tcfg.cache_dir else {}))
-    model, tok = load_model(mcfg)
+    probes = probe_problems(replace(tcfg, diag_probe=cfg.diag_probe or 12), pool)
+    if cfg.device != "auto":
+        tcfg = replace(tcfg, device=cfg.device)
+    policy = load_policy(tcfg)
     torch.manual_seed(tcfg.seed)
-    model = apply_lora(model, mcfg)
-    engine = make_engine(tcfg.rollout, model, tok, share_prompt=tcfg.share_prompt,
-                         share_prefix=tcfg.share_prefix,
-                         gqa_attention=trainer.gqa_wanted(tcfg, model))
-    prompts = [chat_prompt(tok, rl_data.problem_messages(p)) for p in probes]
+    model = policy.attach_lora()
+    prompts = policy.prompts(probes)
     refs = [p.answer for p in probes for _ in range(tcfg.G)]
     G = tcfg.G
     rec = {k: [] for k in KEYS}
@@ -309,25 +257,20 @@ def _run_checkpoints(cfg: FisherConfig, progress: bool) -> dict:
         _load_state(model, label, file)
         for r in range(cfg.repeats):
             t0 = time.perf_counter()
-            batch = engine.generate(
+            batch = policy.engine.generate(
                 prompts, G, max_new_tokens=tcfg.max_new_tokens, temperature=tcfg.temperature,
                 top_p=tcfg.top_p,
                 generator_seed=int(np.random.default_rng([cfg.seed, 5, si, r]).integers(2**31 - 1)),
             )
             times["generate"].append(time.perf_counter() - t0)
             rewards = np.array(batch_rewards(batch.texts, refs), dtype=float).reshape(-1, G)
-            est = group_fisher_traces(model, batch, temperature=tcfg.temperature,
-                                      share_prompt=tcfg.share_prompt)
-            times["fisher"].append(est["seconds"])
-            st = reward_stats(rewards)
-            rec["fisher_trace"].append(est["fisher_trace"])
-            rec["reward_var"].append(st["reward_var"])
-            rec["p_hat"].append(st["p_hat"])
-            rec["completion_len"].append(
-                batch.completion_lengths.view(-1, G).float().mean(1).numpy())
-            out.log({"state": label, "step": _step, "repeat": r,
-                     "problems": [p.id for p in probes],
-                     **{k: v[-1] for k, v in rec.items()}})
+            one = fisher_record(model, batch, rewards, [p.id for p in probes],
+                                temperature=tcfg.temperature, share_prompt=tcfg.share_prompt)
+            times["fisher"].append(one["time_diag_fisher"])
+            for k in KEYS:
+                rec[k].append(np.asarray(one["diag_completion_len" if k == "completion_len"
+                                             else k]))
+            out.log({"state": label, "step": _step, "repeat": r, **one})
             bar.update(1)
     bar.close()
     data = {k: np.stack(v) for k, v in rec.items()}  # (S * R, n), state-major
@@ -407,13 +350,12 @@ def _tables(head: str, paper_rows: list, results: dict, every: int | None, c: di
     t2 = markdown_table(["pair", "lag" if every else "comparison", "mean Pearson", "p",
                          "mean Spearman", "p", "steps with p<0.05 (Pearson)"], rows)
     t3 = markdown_table(["cost", "value"], [[k, v] for k, v in c.items()])
-    return (f"{head}\n\nPaper (Table 1): Fisher vs variance mean Pearson 0.342 (p=0.008) same "
-            f"step, -0.028 (p=0.18) across steps.\n\n{t1}\n{t2}\n{t3}")
+    return f"{head}\n\n{PAPER_TABLE1}.\n\n{t1}\n{t2}\n{t3}"
 
 
 def _figures(out: Run, data: dict, steps, results: dict, every: int | None) -> list[str]:
     rng = np.random.default_rng(0)
-    fig, axes = figures.subplots(1, 1, w=5.0)
+    fig, axes = plotting.subplots(1, 1, w=5.0)
     ax = axes[0][0]
     v = data["reward_var"].ravel()
     f = data["fisher_trace"].ravel()
@@ -426,9 +368,9 @@ def _figures(out: Run, data: dict, steps, results: dict, every: int | None) -> l
     ax.set_xlabel("p̂(1-p̂) from G samples (jittered)")
     ax.set_ylabel("Fisher trace B·||ĝ||²")
     ax.set_title("Fisher trace vs reward variance, per prompt", fontsize=9)
-    figures.save(fig, out.file("fisher_scatter.png"))
+    plotting.save(fig, out.file("fisher_scatter.png"))
 
-    fig, axes = figures.subplots(1, 1, w=5.0)
+    fig, axes = plotting.subplots(1, 1, w=5.0)
     ax = axes[0][0]
     for i, (name, by) in enumerate(results.items()):
         keys = list(by)
@@ -447,5 +389,24 @@ def _figures(out: Run, data: dict, steps, results: dict, every: int | None) -> l
     ax.set_ylabel("mean correlation across prompts")
     ax.legend(fontsize=6)
     ax.set_title("Same step vs across steps", fontsize=9)
-    figures.save(fig, out.file("fisher_lags.png"))
+    plotting.save(fig, out.file("fisher_lags.png"))
     return ["fisher_scatter.png", "fisher_lags.png"]
+
+
+# ------------------------------------------------------------------------------ report
+
+TITLE = "Curvature proxy (diagonal Fisher) vs reward variance on a language model"
+PAPER_LINE = table1.PAPER_LINE
+PROFILES = {
+    "quick": dict(steps=6, diag_probe=6, diag_every=2, lags=[0, 1, 2]),
+    "cpu": {},
+    "paper": dict(model="Qwen/Qwen2.5-Math-1.5B", device="cuda", steps=100, diag_probe=64,
+                  diag_every=5, max_new_tokens=256),
+}
+
+
+def report_rows(s: dict) -> list[list]:
+    """Paper-vs-ours rows: Table 1 (same step, across steps) and the diagnostic's cost."""
+    return table1_rows(s["correlations"][MAIN], "language model") + [
+        ["cost of the diagnostic", "-", f"{s['cost']['ratio']:.2f}x a plain step "
+         f"(probe of {s['probe']} prompts)", "measured"]]

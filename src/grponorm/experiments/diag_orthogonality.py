@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import plotting
 from ..diagnostics import orthogonality as orth
-from ..report import figures
 from ..runs import Run, markdown_table
 
 #: The paper's Figure 1 (Qwen2.5-Math-1.5B, GSM8K, 1,000 random question pairs).
@@ -139,7 +139,7 @@ def _texts(cfg: OrthogonalityConfig, tokenizer, problems) -> tuple[list[str], li
 
 
 def _hist(raw, cen, path, title: str) -> Path:
-    fig, axes = figures.subplots(1, 1, w=6.0, h=3.8)
+    fig, axes = plotting.subplots(1, 1, w=6.0, h=3.8)
     ax = axes[0][0]
     bins = np.linspace(0.0, 1.0, 51)
     for c, label, color in ((raw, "raw (paper's definition)", "tab:blue"),
@@ -154,11 +154,11 @@ def _hist(raw, cen, path, title: str) -> Path:
     ax.set_xlim(0, 1)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
-    return figures.save(fig, path)
+    return plotting.save(fig, path)
 
 
 def _cdf(raw, cen, path, title: str) -> Path:
-    fig, axes = figures.subplots(1, 1, w=6.0, h=3.8)
+    fig, axes = plotting.subplots(1, 1, w=6.0, h=3.8)
     ax = axes[0][0]
     for c, label, color in ((raw, "raw (paper's definition)", "tab:blue"),
                             (cen, "mean-centered", "tab:orange")):
@@ -176,7 +176,7 @@ def _cdf(raw, cen, path, title: str) -> Path:
     ax.set_ylim(0, 1.02)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="best")
-    return figures.save(fig, path)
+    return plotting.save(fig, path)
 
 
 def run(cfg: OrthogonalityConfig, progress: bool = True) -> dict:
@@ -284,3 +284,31 @@ def run(cfg: OrthogonalityConfig, progress: bool = True) -> dict:
     }
     out.finish(summary)
     return summary
+
+
+# ------------------------------------------------------------------------------ report
+
+TITLE = "Orthogonality of prompt representations"
+PAPER_LINE = (f"mean |cos| {PAPER['mean']}, sd {PAPER['sd']}, >{PAPER['frac_below']:.0%} below "
+              f"{PAPER['threshold']} ({PAPER['model']})")
+PROFILES = {
+    "quick": dict(n_pairs=150, dtype="bfloat16"),
+    "cpu": dict(dtype="bfloat16"),
+    "paper": dict(model="Qwen/Qwen2.5-Math-1.5B", dtype="bfloat16"),
+}
+
+
+def report_rows(s: dict) -> list[list]:
+    """Paper-vs-ours rows: |cos| mean / sd / share below the threshold, raw and centered."""
+    rows = []
+    paper = f"{PAPER['mean']} / {PAPER['sd']} / > {PAPER['frac_below']:.2f}"
+    for variant in ("raw", "centered"):
+        st = s[variant]
+        diff = st["mean"] - PAPER["mean"]
+        verdict = ("reproduced" if abs(diff) < 0.03 and st["frac_below"] > PAPER["frac_below"]
+                   else f"differs (mean {diff:+.3f}, {100 * st['frac_below']:.0f}% below "
+                   f"{PAPER['threshold']})")
+        label = "raw (paper's definition)" if variant == s.get("paper_definition") else variant
+        rows.append([f"|cos| {label}: mean / sd / share < {PAPER['threshold']}", paper,
+                     f"{st['mean']:.3f} / {st['sd']:.3f} / {st['frac_below']:.2f}", verdict])
+    return rows

@@ -13,96 +13,53 @@ interrupted ones from their last checkpoint.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
+import torch
 
-from ..report import figures
-from ..rl import trainer
-from ..runs import Run, environment, markdown_table
-
-#: CompareConfig fields that are not TrainConfig fields.
-OWN_FIELDS = (
-    "normalizers",
-    "slices",
-    "seeds",
-    "smooth",
-    "measure_spread",
-    "spread_n",
-    "out",
-    "resume",
+from .. import plotting
+from ..rl.config import TrainConfig, load_saved_config
+from ..rl.policy import load_policy
+from ..rl.problems import (
+    build_problems,
+    difficulty_scores,
+    distinct_questions,
+    measure_pass_rates,
+    pass_rate_cache,
+    slice_labels,
 )
+from ..rl.summary import read_metrics, summary_cells, summary_window
+from ..runs import Run, environment, markdown_table
+from . import rl_train
+from .rows import fmt
 
 
 @dataclass
-class CompareConfig:
-    """E6 settings: the comparison grid, then the training settings shared by every run."""
+class CompareConfig(TrainConfig):
+    """E6 settings: the comparison grid; every other field is a ``rl train`` setting shared by
+    all runs of the grid (``normalizer``, ``slice``, ``seed`` and ``run_dir`` are set per run)."""
 
+    HIDDEN: ClassVar[tuple[str, ...]] = ("normalizer", "slice", "seed", "run_dir")
     normalizers: list = field(default_factory=lambda: ["group_std", "none"])  # compared
     slices: list = field(default_factory=lambda: ["easy", "hard"])  # difficulty slices (panels)
     seeds: list = field(default_factory=lambda: [0])  # training seeds (same for every run)
     smooth: int = 5  # moving-average window of the accuracy curves (steps)
     measure_spread: bool = True  # measure base per-prompt success rates and plot a histogram
     spread_n: int = 32  # problems per slice for that histogram
-    model: str = "embedded"  # HF id, local model folder, .gguf file, or embedded (SmolLM2-135M)
-    dtype: str = "bfloat16"  # parameter dtype: float32 or bfloat16
-    lora_r: int = 16  # LoRA rank (0 = full fine-tuning)
-    lora_alpha: float = 32.0  # LoRA alpha (update scaled by alpha / r)
-    lora_targets: tuple = ("q_proj", "k_proj", "v_proj", "o_proj")  # modules given adapters
-    task: str = "arithmetic"  # arithmetic or gsm8k
-    levels: list = field(default_factory=lambda: ["add1", "mul1"])  # arithmetic presets pooled
-    gsm8k_dir: str = ""  # local GSM8K folder ("" = $GRPONORM_GSM8K_DIR, else the hub)
-    slice_by: str = "level"  # level (first level easy), steps, pass_rate (base model) or judge
-    judge_model: str = "embedded"  # slice_by=judge: model asked "Easy or Hard?" (paper: Qwen2-7B)
-    easy_max_steps: int = 3  # slice_by=steps: easy = at most this many reasoning steps
-    pass_rate_threshold: float = 0.5  # slice_by=pass_rate: easy = base pass rate >= this
-    pass_rate_k: int = 8  # slice_by=pass_rate: samples per problem to measure it (cached)
-    n_train: int = 256  # training problems (per level for arithmetic; 0 = all of GSM8K train)
-    n_eval: int = 32  # held-out eval questions never trained on (per arithmetic level; 0 = none)
-    data_seed: int = 0  # seed of the problem pool (fixed across training seeds)
-    normalizer_options: str = ""  # options for every normalizer, e.g. eps=1e-4
-    G: int = 8  # completions sampled per prompt
-    prompts_per_step: int = 4  # prompts (groups) per step
     steps: int = 25  # training steps per run
-    lr: float = 5e-4  # AdamW learning rate (constant)
-    max_grad_norm: float = 1.0  # gradient clipping threshold (0 = none)
-    max_new_tokens: int = 12  # completion length limit
-    temperature: float = 0.7  # sampling temperature of the rollouts
-    top_p: float = 1.0  # nucleus sampling of the rollouts
-    loss_agg: str = "seq_mean"  # seq_mean (GRPO) or token_sum (Dr. GRPO)
-    kl_coef: float = 0.0  # k3 KL penalty to the base model (0 = none)
-    clip_eps: float = 0.2  # PPO clip range (0 = none)
-    updates_per_batch: int = 1  # optimizer updates per sampled batch
-    micro_batch: int = 0  # rows per forward/backward chunk (0 = whole batch)
-    rollout: str = "decode"  # rollout engine: decode (own loop), generate (transformers) or vllm
-    share_prompt: bool = True  # run each prompt once per group (KV cache shared; same math)
-    share_prefix: bool = True  # run the token prefix common to a batch's prompts once (same math)
-    old_logprobs: str = "auto"  # updates_per_batch>1: auto (engine's if given), rollout, recompute
-    attention: str = "auto"  # rollout/log-prob attention: gqa (no KV copy), model, auto (CPU: gqa)
-    eval_every: int = 10  # held-out eval every N steps (and at start and end; 0 = never)
-    eval_temperature: float = 0.0  # eval sampling temperature (0 = greedy)
     checkpoint_every: int = 5  # checkpoint every N steps of each run
-    threads: int = 0  # torch CPU threads (0 = torch's default)
-    device: str = "auto"  # auto (CUDA GPU when present, else CPU), cpu, cuda or cuda:N
-    cache_dir: str = ""  # model/pass-rate cache ("" = $GRPONORM_CACHE or ~/.cache/grponorm)
-    out: str = "runs"  # root folder for run outputs
     resume: str = ""  # compare folder to continue (finished runs are skipped)
 
 
 def train_config(
     cfg: CompareConfig, normalizer: str, slice_: str, seed: int, run_dir: Path
-) -> trainer.TrainConfig:
+) -> TrainConfig:
     """The TrainConfig of one sub-run: the shared settings plus this grid point."""
-    shared = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in OWN_FIELDS}
-    return trainer.TrainConfig(
-        **shared,
-        normalizer=normalizer,
-        slice=slice_,
-        seed=int(seed),
-        run_dir=str(run_dir),
-        out=cfg.out,
-    )
+    return TrainConfig(**{**cfg.train_fields(), "normalizer": normalizer, "slice": slice_,
+                          "seed": int(seed), "run_dir": str(run_dir), "resume": ""})
 
 
 def smooth(y, window: int) -> np.ndarray:
@@ -118,51 +75,26 @@ def smooth(y, window: int) -> np.ndarray:
 
 def _spread(cfg: CompareConfig, out: Run, progress: bool) -> dict:
     """Base model per-prompt success counts (of pass_rate_k samples) on each slice."""
-    import torch
-
-    from ..rl import data as rl_data
-    from ..rl.models import ModelConfig, chat_prompt, load_model
-    from ..rl.rollout import make_engine
-
     base = train_config(cfg, cfg.normalizers[0], "all", cfg.seeds[0], out.path)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    pool, _ = trainer.build_problems(base)
-    mcfg = ModelConfig(
-        model=cfg.model, dtype=cfg.dtype, device=cfg.device,
-        **({"cache_dir": cfg.cache_dir} if cfg.cache_dir else {}),
-    )
-    model, tok = load_model(mcfg)
-    engine = make_engine(cfg.rollout, model, tok, share_prefix=cfg.share_prefix,
-                         gqa_attention=trainer.gqa_wanted(base, model))
-
-    def prompt_of(p):
-        return chat_prompt(tok, rl_data.problem_messages(p))
-
-    prompts = [prompt_of(p) for p in pool]
-    scores = trainer.difficulty_scores(base, pool, prompt_of, (model, tok, engine), progress)
-    labels = trainer.slice_labels(base, pool, scores)
+    pool, _ = build_problems(base)
+    policy = load_policy(base)
+    labels = slice_labels(base, pool, difficulty_scores(base, pool, policy, progress))
     result = {}
     for s in cfg.slices:
         # distinct questions only: one-digit levels repeat questions within the pool
-        seen, chosen = set(), []
-        for p, text in zip(pool, prompts, strict=True):
-            if labels[p.id] == s and p.question not in seen:
-                seen.add(p.question)
-                chosen.append((p, text))
-            if len(chosen) == cfg.spread_n:
-                break
-        probs = [p for p, _ in chosen]
-        key = trainer._pass_rate_cache(base, [t for _, t in chosen], probs)
-        rates = trainer.measure_pass_rates(
-            engine,
-            [t for _, t in chosen],
+        probs = distinct_questions([p for p in pool if labels[p.id] == s], cfg.spread_n)
+        prompts = policy.prompts(probs)
+        rates = measure_pass_rates(
+            policy.engine,
+            prompts,
             probs,
             k=cfg.pass_rate_k,
             temperature=cfg.temperature,
             max_new_tokens=cfg.max_new_tokens,
             seed=cfg.data_seed,
-            cache_file=key,
+            cache_file=pass_rate_cache(base, prompts, probs),
             progress=progress,
         )
         counts = [round(rates[p.id] * cfg.pass_rate_k) for p in probs]
@@ -174,7 +106,7 @@ def _spread(cfg: CompareConfig, out: Run, progress: bool) -> dict:
             if counts
             else None,
         }
-    fig, axes = figures.subplots(1, len(cfg.slices), w=4.2, h=3.2)
+    fig, axes = plotting.subplots(1, len(cfg.slices), w=4.2, h=3.2)
     for ax, s in zip(axes[0], cfg.slices, strict=True):
         h = result[s]["hist"]
         ax.bar(range(len(h)), h, color="tab:gray")
@@ -182,12 +114,12 @@ def _spread(cfg: CompareConfig, out: Run, progress: bool) -> dict:
         ax.set_ylabel("questions")
         acc = result[s]["per_sample_acc"]
         ax.set_title(f"{s}: {result[s]['n']} questions, {100 * (acc or 0):.0f}% per sample")
-    figures.save(fig, out.file("success_hist.png"))
+    plotting.save(fig, out.file("success_hist.png"))
     return result
 
 
 def _figure(cfg: CompareConfig, curves: dict, path: Path) -> None:
-    fig, axes = figures.subplots(1, len(cfg.slices), w=4.8, h=3.4)
+    fig, axes = plotting.subplots(1, len(cfg.slices), w=4.8, h=3.4)
     for ax, s in zip(axes[0], cfg.slices, strict=True):
         for norm in cfg.normalizers:
             ys = [c for (sl, nm, _), c in curves.items() if sl == s and nm == norm]
@@ -195,12 +127,12 @@ def _figure(cfg: CompareConfig, curves: dict, path: Path) -> None:
                 continue
             n = min(len(y) for y in ys)
             ys = np.array([smooth(y[:n], cfg.smooth) for y in ys])
-            figures.band(ax, np.arange(1, n + 1), ys, label=norm, c=figures.color(norm))
+            plotting.band(ax, np.arange(1, n + 1), ys, label=norm, c=plotting.color(norm))
         ax.set_title(f"{s.capitalize()} (smoothed, window {cfg.smooth})")
         ax.set_xlabel("step")
         ax.set_ylabel("training sample accuracy")
         ax.legend()
-    figures.save(fig, path)
+    plotting.save(fig, path)
 
 
 def run(cfg: CompareConfig, progress: bool = True) -> dict:
@@ -217,9 +149,7 @@ def run(cfg: CompareConfig, progress: bool = True) -> dict:
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"cannot resume: {path / 'config.json'} not found")
         out = Run(path)
-        saved = json.loads((path / "config.json").read_text())["config"]
-        names = {f.name for f in fields(CompareConfig)}
-        cfg = CompareConfig(**{k: v for k, v in saved.items() if k in names})
+        cfg = load_saved_config(path, CompareConfig)
         cfg.resume = str(path)
     else:
         out = Run.create(cfg.out, "rl_compare", cfg)
@@ -243,10 +173,10 @@ def run(cfg: CompareConfig, progress: bool = True) -> dict:
                 print(f"[{k}/{len(grid)}] {s} / {norm} / seed {seed}", flush=True)
             tcfg = train_config(cfg, norm, s, seed, sub)
             if (sub / "config.json").is_file():  # interrupted earlier: continue it
-                tcfg = trainer.TrainConfig(resume=str(sub))
-            summary = trainer.run(tcfg, progress=progress)
+                tcfg = TrainConfig(resume=str(sub))
+            summary = rl_train.run(tcfg, progress=progress)
         results.append(summary)
-        curves[(s, norm, seed)] = [r["acc"] for r in trainer.read_metrics(sub)]
+        curves[(s, norm, seed)] = [r["acc"] for r in read_metrics(sub)]
         out.write_json("progress.json", {"done": k, "total": len(grid)})
 
     _figure(cfg, curves, out.file("accuracy.png"))
@@ -262,6 +192,7 @@ def run(cfg: CompareConfig, progress: bool = True) -> dict:
             entry = {
                 "acc_start": float(np.mean([r["acc_start"] for r in rs])),
                 "acc_end": float(np.mean([r["acc_end"] for r in rs])),
+                "window": summary_window(rs[0]),
                 "smoothed_first": float(sm[0]),
                 "smoothed_last": float(sm[-1]),
                 "eval_start": float(np.mean(ev0)) if ev0 else None,
@@ -276,13 +207,14 @@ def run(cfg: CompareConfig, progress: bool = True) -> dict:
                 "train_time_s": float(np.mean([r["train_time_s"] for r in rs])),
             }
             table[f"{s}/{norm}"] = entry
-            rows.append([s, norm, len(rs), *trainer.summary_cells(entry)])
+            rows.append([s, norm, len(rs), *summary_cells(entry)])
+    window = summary_window(results[0])
     header = [
         "slice",
         "normalizer",
         "seeds",
-        f"train acc first {trainer.SUMMARY_WINDOW}",
-        f"train acc last {trainer.SUMMARY_WINDOW}",
+        f"train acc first {window}",
+        f"train acc last {window}",
         "eval start",
         "eval end",
         "zero-var groups",
@@ -314,3 +246,42 @@ def run(cfg: CompareConfig, progress: bool = True) -> dict:
     }
     out.finish(summary)
     return summary
+
+
+# ------------------------------------------------------------------------------ report
+
+TITLE = "LLM RLVR: GRPO-Std vs No-Std on Easy/Hard"
+#: The paper's Figure 2 (Qwen2.5-Math-1.5B, GSM8K; smoothed training sample accuracy, %).
+PAPER = {"easy": {"group_std": 92, "none": 91}, "hard": {"group_std": 81, "none": 76}}
+PAPER_LINE = "; ".join(f"{sl.capitalize()} ≈{p['group_std']}% vs {p['none']}%"
+                       for sl, p in PAPER.items())
+PROFILES = {
+    "quick": dict(steps=8, spread_n=16, n_eval=16, eval_every=4, checkpoint_every=4),
+    "cpu": dict(seeds=[0, 1]),
+    "paper": dict(model="Qwen/Qwen2.5-Math-1.5B", device="cuda", task="gsm8k", slice_by="steps",
+                  n_train=0, n_eval=200, max_new_tokens=512, temperature=1.0, lr=1e-5,
+                  prompts_per_step=16, steps=500, eval_every=50, checkpoint_every=25,
+                  seeds=[0, 1, 2], measure_spread=False),
+}
+
+
+def report_rows(s: dict) -> list[list]:
+    """Paper-vs-ours rows: last-window training accuracy and held-out accuracy per slice."""
+    rows = []
+    res = s["results"]
+    for sl, paper in PAPER.items():
+        a, b = res.get(f"{sl}/group_std"), res.get(f"{sl}/none")
+        if a is None or b is None:
+            continue
+        w = a.get("window", "?")
+        gap = a["acc_end"] - b["acc_end"]
+        verdict = "same direction (Std ahead)" if gap > 0 else f"differs (Std {gap:+.3f})"
+        rows.append([f"{sl.capitalize()}: train sample accuracy, last {w} steps, Std vs No-Std",
+                     f"≈{paper['group_std']}% vs {paper['none']}%",
+                     f"{a['acc_end']:.3f} vs {b['acc_end']:.3f} "
+                     f"(first {w} steps: {a['acc_start']:.2f} / {b['acc_start']:.2f})", verdict])
+        if a.get("eval_end") is not None and b.get("eval_end") is not None:
+            rows.append([f"{sl.capitalize()}: held-out greedy accuracy, start -> end",
+                         "(not reported)", f"Std {fmt(a['eval_start'])} -> {fmt(a['eval_end'])}; "
+                         f"No-Std {fmt(b['eval_start'])} -> {fmt(b['eval_end'])}", "measured"])
+    return rows

@@ -18,7 +18,10 @@ import os
 import re
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from .data import Problem
+from .models import chat_prompt
 
 JUDGE_SYSTEM = (
     "You rate how hard math word problems are for a grade-school student. "
@@ -63,10 +66,6 @@ def judge_difficulty(problems: list[Problem], engine, tokenizer, *, judge_model:
         tokenizer: the judge's tokenizer (for its chat template).
         judge_model: the judge's name (part of the cache key).
     """
-    from tqdm.auto import tqdm
-
-    from .models import chat_prompt
-
     cache_file = None
     if cache_dir is not None:
         cache_file = Path(cache_dir) / "judge" / f"{cache_key(judge_model, problems)}.json"

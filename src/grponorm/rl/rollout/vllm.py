@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from .rollout import RolloutBatch, build_batch, check_settings, eos_token_ids, tokenize_prompts
+from .base import RolloutBatch, build_batch, check_settings, engine_eos_ids, tokenize_prompts
 
 __all__ = ["VLLMEngine", "merged_state_items"]
 
@@ -167,10 +167,8 @@ class VLLMEngine:
         enable_prefix_caching: bool = True,
         sampling_params_cls=None,
     ):
-        if tokenizer.pad_token_id is None:
-            raise ValueError("tokenizer has no pad token (load it with grponorm.rl.models)")
         self.model, self.tokenizer = model, tokenizer
-        self.eos_ids = eos_token_ids(tokenizer, model)
+        self.eos_ids = engine_eos_ids(tokenizer, model)
         if llm is None or sampling_params_cls is None:
             vllm = _import_vllm()
             sampling_params_cls = sampling_params_cls or vllm.SamplingParams

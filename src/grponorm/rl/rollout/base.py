@@ -1,8 +1,8 @@
 """Rollouts: sample G completions for each prompt, whole groups in one batched call.
 
-The trainer talks to generation through one small interface, :class:`RolloutEngine`, so that a
-faster engine (a KV-cache-sharing sampler, vLLM, ...) can replace :class:`HFGenerateEngine`
-without touching the trainer or the loss::
+The trainer talks to generation through one small interface, :class:`RolloutEngine`; the
+engines (``generate``, ``decode``, ``vllm``) live beside this module and ``factory.make_engine``
+picks one by name, so an engine can be replaced without touching the trainer or the loss::
 
     engine = HFGenerateEngine(model, tokenizer)
     batch = engine.generate(prompts, G=8, max_new_tokens=16, temperature=0.7, top_p=1.0,
@@ -32,19 +32,15 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from .kvcache import prefill_shared
-
 __all__ = [
-    "ENGINES",
-    "HFGenerateEngine",
     "RolloutBatch",
     "RolloutEngine",
     "build_batch",
     "check_settings",
     "completion_mask_from_eos",
+    "engine_eos_ids",
     "eos_token_ids",
     "eval_mode",
-    "make_engine",
     "tokenize_prompts",
 ]
 
@@ -137,6 +133,13 @@ def eos_token_ids(tokenizer, model=None) -> list[int]:
     return ids
 
 
+def engine_eos_ids(tokenizer, model) -> list[int]:
+    """:func:`eos_token_ids` for an engine, which also needs a pad token to fill finished rows."""
+    if tokenizer.pad_token_id is None:
+        raise ValueError("tokenizer has no pad token (load it with grponorm.rl.models)")
+    return eos_token_ids(tokenizer, model)
+
+
 def completion_mask_from_eos(completion_ids: torch.Tensor, eos_ids: Sequence[int]) -> torch.Tensor:
     """``(B, C)`` float mask: 1 up to and including the first eos of each row, 0 after.
 
@@ -146,96 +149,6 @@ def completion_mask_from_eos(completion_ids: torch.Tensor, eos_ids: Sequence[int
     # Number of eos tokens strictly before each position; a token counts while that is 0.
     before = torch.cumsum(is_eos.long(), dim=1) - is_eos.long()  # (B, C)
     return (before == 0).float()
-
-
-class HFGenerateEngine:
-    """:class:`RolloutEngine` on top of ``transformers``' ``model.generate``.
-
-    Each prompt is tokenized once (left-padded) and repeated G times, and the whole batch of
-    ``len(prompts) * G`` rows is sampled in one ``generate`` call. With ``share_prompt`` (the
-    default) the prompts are first run once each (``len(prompts)`` rows, no grad) to fill a KV
-    cache, which is repeated G times and handed to ``generate``; ``generate`` then only
-    processes the last prompt token and the new ones. The sampled tokens are the same as without
-    it (the prompt's keys/values are the same numbers), at ``1/G`` of the prompt cost -- the
-    dominant cost on CPU for few-shot prompts and short answers.
-
-    Sampling is seeded with ``torch.manual_seed(generator_seed)`` inside
-    ``torch.random.fork_rng``, so the result depends only on the seed and the caller's RNG
-    state is left as it was.
-
-    Args:
-        model: a causal LM (peft-wrapped or plain); put in eval mode for the call.
-        tokenizer: its tokenizer (left padding is enforced here).
-        share_prompt: prefill each prompt once and share its KV cache across its group.
-        max_batch: split the rows into calls of at most this many rows, rounded down to whole
-            groups (0: one call). Chunks are seeded from ``generator_seed`` and their index, so
-            the result is deterministic, though not identical to the unchunked call.
-    """
-
-    def __init__(self, model, tokenizer, *, share_prompt: bool = True, max_batch: int = 0):
-        self.model = model
-        self.tokenizer = tokenizer
-        self.share_prompt = bool(share_prompt)
-        self.max_batch = int(max_batch)
-        self.eos_ids = eos_token_ids(tokenizer, model)
-        if tokenizer.pad_token_id is None:
-            raise ValueError("tokenizer has no pad token (load it with grponorm.rl.models)")
-
-    def _sample(self, ids, mask, G, *, max_new_tokens, temperature, top_p, seed):
-        """Sample G continuations of each of the ``(n, P)`` prompts; returns ``(n*G, C)``."""
-        kwargs = dict(
-            max_new_tokens=max_new_tokens,
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.eos_ids,
-        )
-        if temperature > 0:
-            kwargs.update(
-                do_sample=True, temperature=float(temperature), top_p=float(top_p), top_k=0
-            )
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        rows, rmask = ids.repeat_interleave(G, dim=0), mask.repeat_interleave(G, dim=0)
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            if self.share_prompt and ids.shape[1] > 1:
-                cache, _, key = prefill_shared(self.model, ids[:, :-1], mask[:, :-1], G)
-                kwargs[key] = cache
-            torch.manual_seed(seed)
-            out = self.model.generate(input_ids=rows, attention_mask=rmask, **kwargs)
-        return out[:, ids.shape[1] :]
-
-    def generate(
-        self,
-        prompts: Sequence[str],
-        G: int,
-        *,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        generator_seed: int = 0,
-    ) -> RolloutBatch:
-        """Sample ``G`` completions for every prompt (see :class:`RolloutEngine`)."""
-        check_settings(prompts, G, max_new_tokens, temperature, top_p)
-        ids, mask = tokenize_prompts(self.tokenizer, prompts, self.model)  # (n, P)
-        per_call = max(1, self.max_batch // G) if self.max_batch > 0 else len(prompts)
-        with eval_mode(self.model):
-            chunks = [
-                self._sample(
-                    ids[s : s + per_call],
-                    mask[s : s + per_call],
-                    G,
-                    max_new_tokens=max_new_tokens,
-                    temperature=temperature,
-                    top_p=top_p,
-                    seed=int(generator_seed) + 7919 * k,
-                )
-                for k, s in enumerate(range(0, len(prompts), per_call))
-            ]
-        pad = self.tokenizer.pad_token_id
-        width = max(c.shape[1] for c in chunks)
-        completion = torch.cat(
-            [torch.nn.functional.pad(c, (0, width - c.shape[1]), value=pad) for c in chunks]
-        )  # (B, C)
-        return build_batch(self.tokenizer, self.eos_ids, ids, mask, completion, G)
 
 
 @contextmanager
@@ -303,37 +216,3 @@ def build_batch(
         G=int(G),
         logprobs=logprobs,
     )
-
-
-#: Rollout engines by name (``TrainConfig.rollout``).
-ENGINES = ("decode", "generate", "vllm")
-
-
-def make_engine(
-    name: str,
-    model,
-    tokenizer,
-    *,
-    share_prompt: bool = True,
-    share_prefix: bool = True,
-    gqa_attention: bool = True,
-) -> RolloutEngine:
-    """The rollout engine called ``name``:
-
-    - ``"decode"``: :class:`grponorm.rl.decode.DecodeEngine`, the own decode loop (default);
-    - ``"generate"``: :class:`HFGenerateEngine`, ``transformers``' ``generate`` (the reference);
-    - ``"vllm"``: :class:`grponorm.rl.vllm_engine.VLLMEngine` (GPU, needs ``vllm``).
-    """
-    if name == "decode":
-        from .decode import DecodeEngine
-
-        return DecodeEngine(
-            model, tokenizer, share_prefix=share_prefix, gqa_attention=gqa_attention
-        )
-    if name == "generate":
-        return HFGenerateEngine(model, tokenizer, share_prompt=share_prompt)
-    if name == "vllm":
-        from .vllm_engine import VLLMEngine
-
-        return VLLMEngine(model, tokenizer)
-    raise ValueError(f"unknown rollout engine {name!r}; known: {', '.join(ENGINES)}")

@@ -32,13 +32,13 @@ from contextlib import nullcontext
 
 import torch
 
-from .attention import use_gqa_attention
-from .kvcache import position_ids, prefill, reserve
-from .rollout import (
+from ..attention import use_gqa_attention
+from ..kvcache import position_ids, prefill, reserve
+from .base import (
     RolloutBatch,
     build_batch,
     check_settings,
-    eos_token_ids,
+    engine_eos_ids,
     eval_mode,
     tokenize_prompts,
 )
@@ -116,9 +116,7 @@ class DecodeEngine:
         self.drop_finished = bool(drop_finished)
         self.compact_at = float(compact_at)
         self.gqa_attention = bool(gqa_attention)
-        self.eos_ids = eos_token_ids(tokenizer, model)
-        if tokenizer.pad_token_id is None:
-            raise ValueError("tokenizer has no pad token (load it with grponorm.rl.models)")
+        self.eos_ids = engine_eos_ids(tokenizer, model)
 
     def generate(
         self,

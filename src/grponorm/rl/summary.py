@@ -1,0 +1,126 @@
+"""Run summaries: read ``metrics.jsonl``, summarize a run (the averaging window recorded with
+it) and format table rows -- shared by ``rl train``, ``rl compare`` and the report."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..runs import markdown_table
+
+__all__ = [
+    "SUMMARY_WINDOW",
+    "TIMING_FIELDS",
+    "read_metrics",
+    "summarize",
+    "summary_cells",
+    "summary_table",
+    "summary_window",
+]
+
+#: Metric fields that depend on wall-clock time (excluded when comparing runs for equality).
+TIMING_FIELDS = (
+    "time_generate",
+    "time_forward",
+    "time_backward",
+    "time_train",
+    "time_other",
+    "time_step",
+    "tokens_per_s",
+    "time_eval",
+    "time_diag",
+    "time_diag_fisher",
+)
+#: Steps averaged for the start/end training accuracy of a summary.
+SUMMARY_WINDOW = 5
+
+
+def read_metrics(run_dir: str | Path, kind: str | None = "train") -> list[dict]:
+    """The records of ``metrics.jsonl`` (only ``kind`` ones unless kind is None)."""
+    file = Path(run_dir) / "metrics.jsonl"
+    recs = [json.loads(x) for x in file.read_text().splitlines() if x.strip()]
+    return [r for r in recs if kind is None or r.get("kind") == kind]
+
+
+def summarize(run_dir: str | Path, cfg, window: int = SUMMARY_WINDOW) -> dict:
+    """Start/end training accuracy (mean of the first/last ``w`` steps, recorded as
+    ``"window"``: ``window``, or half the steps when a run is shorter), evals, timing."""
+    train = read_metrics(run_dir, "train")
+    evals = read_metrics(run_dir, "eval")
+    acc = [r["acc"] for r in train]
+    w = max(1, min(window, len(acc) // 2 or 1))
+
+    def avg(key, recs=train):
+        vals = [r[key] for r in recs if r.get(key) is not None]
+        return float(np.mean(vals)) if vals else math.nan
+
+    tok = sum(r["tokens"] for r in train)
+    gen = sum(r["time_generate"] for r in train)
+    return {
+        "normalizer": cfg.normalizer,
+        "slice": cfg.slice,
+        "seed": cfg.seed,
+        "steps": len(train),
+        "acc_start": float(np.mean(acc[:w])) if acc else math.nan,
+        "acc_end": float(np.mean(acc[-w:])) if acc else math.nan,
+        "window": w,
+        "eval_start": evals[0]["eval_acc"] if evals else None,
+        "eval_end": evals[-1]["eval_acc"] if evals else None,
+        "frac_zero_variance": avg("frac_zero_variance"),
+        "time_generate_s": avg("time_generate"),
+        "time_train_s": avg("time_train"),
+        "time_forward_s": avg("time_forward"),
+        "time_backward_s": avg("time_backward"),
+        "time_other_s": avg("time_other"),
+        "time_step_s": avg("time_step"),
+        "tokens_per_s": tok / gen if gen else math.nan,
+        "completion_len_mean": avg("completion_len_mean"),
+    }
+
+
+def summary_window(s: dict) -> int:
+    """The steps averaged for a summary's start/end accuracy (``"window"``; computed the same
+    way for summaries written before it was recorded)."""
+    if "window" in s:
+        return int(s["window"])
+    return max(1, min(SUMMARY_WINDOW, int(s["steps"]) // 2 or 1))
+
+
+def summary_cells(s: dict) -> list:
+    """Table cells of a run summary (or a mean of summaries): train accuracy start/end, eval
+    start/end, zero-variance share, the time split and completion tokens/s. The time split ends
+    with ``/ other`` when the summary has ``time_other_s``."""
+    split = [s["time_generate_s"], s["time_forward_s"], s["time_backward_s"]]
+    times = " / ".join(f"{t:.1f}" for t in split)
+    if "time_other_s" in s:
+        times += f" / {s['time_other_s']:.2f}"
+    return [
+        s["acc_start"],
+        s["acc_end"],
+        "-" if s["eval_start"] is None else f"{s['eval_start']:.3f}",
+        "-" if s["eval_end"] is None else f"{s['eval_end']:.3f}",
+        s["frac_zero_variance"],
+        f"{s['time_step_s']:.1f} ({times})",
+        s["tokens_per_s"],
+    ]
+
+
+def summary_table(s: dict) -> str:
+    """The one-row markdown table of a run summary (``table.md``)."""
+    header = [
+        "normalizer",
+        "slice",
+        "steps",
+        f"train acc first {summary_window(s)}",
+        f"train acc last {summary_window(s)}",
+        "eval start",
+        "eval end",
+        "zero-var groups",
+        "s/step (gen / fwd / bwd / other)",
+        "tok/s",
+    ]
+    row = [s["normalizer"], s["slice"], s["steps"], *summary_cells(s)]
+    return markdown_table(header, [row])

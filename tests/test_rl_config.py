@@ -1,0 +1,79 @@
+"""Tests for grponorm.rl.config: option parsing, validation, configs that extend TrainConfig."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+
+import pytest
+
+pytest.importorskip("torch")
+
+from grponorm.config import field_docs  # noqa: E402
+from grponorm.experiments.diag_fisher import FisherConfig  # noqa: E402
+from grponorm.experiments.rl_compare import CompareConfig  # noqa: E402
+from grponorm.rl.config import TrainConfig, load_saved_config, parse_options  # noqa: E402
+from grponorm.runs import Run  # noqa: E402
+
+
+def test_parse_options_and_validation():
+    assert parse_options("eps=1e-4, ddof=1,flag=true") == {"eps": 1e-4, "ddof": 1, "flag": True}
+    assert parse_options("") == {}
+    with pytest.raises(ValueError, match="name=value"):
+        parse_options("eps")
+    TrainConfig().validate()
+    for kw, msg in [
+        (dict(normalizer="nope"), "unknown normalizer"),
+        (dict(normalizer_options="bogus=1"), "bad option"),
+        (dict(levels=["add9"]), "unknown arithmetic level"),
+        (dict(task="gsm8k"), "slice_by=level"),
+        (dict(slice="medium"), "slice"),
+        (dict(loss_agg="mean"), "loss_agg"),
+        (dict(G=0), "G must be"),
+        (dict(temperature=0.0), "temperature"),
+        (dict(rollout="hf"), "rollout must be"),
+        *([(dict(rollout="vllm"), "pip install vllm")]
+          if importlib.util.find_spec("vllm") is None else []),
+        (dict(old_logprobs="cached"), "old_logprobs"),
+        (dict(attention="flash"), "attention must be"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            TrainConfig(**kw).validate()
+
+
+@pytest.mark.parametrize("cls", [CompareConfig, FisherConfig])
+def test_experiment_configs_extend_train_config_without_copies(cls):
+    """Every TrainConfig field is inherited (one definition, one help line); a subclass only
+    redeclares a field to change its default or its meaning, and hides the fields it sets per
+    run."""
+    assert issubclass(cls, TrainConfig)
+    own = cls.__dict__["__annotations__"]
+    base = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    docs, base_docs = field_docs(cls), field_docs(TrainConfig)
+    for name in own:
+        if name in base:
+            changed = (getattr(cls(), name) != getattr(TrainConfig(), name)
+                       or docs[name] != base_docs[name])
+            assert changed, f"{cls.__name__}.{name} repeats TrainConfig's field: inherit it"
+    for name in base:
+        assert docs.get(name), f"{name} has no help line"
+        if name not in own:
+            assert docs[name] == base_docs[name]
+    assert set(cls.HIDDEN) <= set(base)
+
+
+def test_model_config_and_cache_path(tmp_path):
+    cfg = TrainConfig(lora_r=4, lora_alpha=8.0, dtype="float32", cache_dir=str(tmp_path))
+    m = cfg.model_config()
+    assert (m.lora_r, m.lora_alpha, m.dtype, m.cache_dir) == (4, 8.0, "float32", str(tmp_path))
+    assert cfg.cache_path() == tmp_path
+
+
+def test_saved_config_round_trip(tmp_path):
+    cfg = CompareConfig(seeds=[3, 4], steps=7, lora_targets=("q_proj",))
+    run = Run.create(tmp_path, "rl_compare", cfg)
+    back = load_saved_config(run.path, CompareConfig)
+    assert back == cfg and isinstance(back.lora_targets, tuple)
+    assert load_saved_config(run.path).steps == 7  # as a plain TrainConfig
+    with pytest.raises(FileNotFoundError, match="cannot resume"):
+        load_saved_config(tmp_path / "nowhere")
