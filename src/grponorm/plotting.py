@@ -14,6 +14,7 @@ COLORS = {
     "reinforce": "tab:blue", "grpo": "tab:red",
     "group_std": "tab:red", "none": "tab:blue", "batch_std": "tab:green", "rloo": "tab:purple",
     "bernoulli_std": "tab:orange", "bernoulli_smoothed": "tab:brown",
+    "bnpo": "tab:pink", "mapo": "tab:olive", "gpg": "tab:cyan", "grpo_passk": "tab:gray",
 }
 
 

@@ -18,6 +18,10 @@ Registered normalizers (``r`` is one group's rewards, ``mean``/``std`` are over 
     rloo                r_g - mean_{h != g} r_h                RLOO leave-one-out baseline
     bernoulli_std       (r - p) / sqrt(p (1 - p))              exact-theory form, binary rewards
     bernoulli_smoothed  (r - p) / sqrt(p~ (1 - p~))            Laplace-smoothed p~, binary rewards
+    bnpo                (r - p) / Beta(alpha, beta) density at p   BNPO; alpha, beta fit per batch
+    mapo                lam z-score + (1 - lam) (r - mean)/mean    MAPO; lam = 4 p (1 - p)
+    gpg                 B/M * (r - mean)                       GPG (verl); M = non-zero rewards
+    grpo_passk          (r_max - r_2nd)/(std + eps) at argmax  verl pass@k GRPO; 0 elsewhere
 
 Adding a normalizer is one decorated function::
 
@@ -33,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from . import classic  # noqa: F401  (registers the built-in normalizers)
+from . import classic, peers  # noqa: F401  (registers the built-in normalizers)
 from .ops import (
     Array,
     _as_rewards,

@@ -1,0 +1,44 @@
+"""Comparisons over seeds: a difference, its confidence interval and a verdict (DESIGN §6).
+
+A paper-vs-ours verdict is a statistical statement about per-seed results. :func:`compare` takes
+one result per seed for each arm (paired: the same seeds, ``a[i]`` with ``b[i]``) and returns a
+:class:`Comparison` -- the mean difference ``mean(a - b)``, its interval, a p-value and the
+spread -- whose :meth:`Comparison.verdict` is exactly one of::
+
+    reproduced     the interval excludes 0 on the expected side
+    contradicted   the interval excludes 0 on the other side
+    inconclusive   the interval contains 0, or there is a single seed
+
+and :meth:`Comparison.seeds_needed` says how many seeds would resolve a given effect at the
+observed spread. :func:`ratio_compare` does the same on the log scale for speed-ups (a geometric
+mean ratio), :func:`correlation_interval` gives Fisher-z intervals for Pearson correlations.
+
+Choice of interval. The default is the t-interval on the paired differences
+``d_i = a_i - b_i``: ``mean(d) +- t_{n-1, 1-alpha/2} sd(d)/sqrt(n)``, exact for normal ``d`` and
+well calibrated at the 4-10 seeds experiments can afford. The percentile bootstrap over seeds
+(rliable's, ``scipy.stats.bootstrap``) under-covers at such n: its resampled means spread by
+``sd sqrt((n-1)/n) / sqrt(n)`` and it uses normal-like rather than t quantiles. Measured on
+normal paired data (400 simulations, nominal 95%): t-interval 93-95% at n = 4, 8, 10;
+percentile bootstrap 77% (n = 4), 89% (n = 8), 90% (n = 10); BCa no better (79%, 89%, 89%).
+So the bootstrap is an option (``method="bootstrap"``: BCa, or ``"bootstrap-percentile"``,
+seeded), not the default. Unpaired arms use Welch's t.
+
+This module is a bottom layer: NumPy and SciPy only, no grponorm imports.
+"""
+
+from .common import VERDICTS, seeds_needed
+from .correlation import CorrelationResult, correlation, correlation_interval
+from .paired import Comparison, compare
+from .ratio import RatioComparison, ratio_compare
+
+__all__ = [
+    "VERDICTS",
+    "Comparison",
+    "CorrelationResult",
+    "RatioComparison",
+    "compare",
+    "correlation",
+    "correlation_interval",
+    "ratio_compare",
+    "seeds_needed",
+]
