@@ -5,6 +5,7 @@ import io
 import shutil
 import subprocess
 from html.parser import HTMLParser
+from pathlib import Path
 
 import matplotlib.image as mpimg
 import pytest
@@ -91,6 +92,17 @@ def test_every_section_has_a_table_and_nonblank_figures(report):
         assert f"## {eid}:" in md
     assert "not run" not in md and "could not summarize" not in md
     assert md.count("![") == sum(len(s["images"]) for s in sections.values())
+
+
+def test_markdown_figure_links_survive_moving_the_folder(report, tmp_path):
+    import re
+
+    links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", report.with_suffix(".md").read_text())
+    assert links and not any(Path(x).is_absolute() for x in links)
+    moved = tmp_path / "moved"
+    shutil.copytree(report.parent, moved)  # the run folders live inside the report folder
+    for link in links:
+        assert (moved / link).is_file(), link
 
 
 def test_rerun_skips_finished_experiments(report):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 from pathlib import Path
 
 CSS = """
@@ -47,6 +48,12 @@ def _md_table(rows: list[list], lead: list[str] = ()) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def _relative(path: Path, root: Path) -> str:
+    """``path`` relative to the report's folder (POSIX separators), so that report.md keeps its
+    figures when the folder is moved or zipped."""
+    return Path(os.path.relpath(Path(path).resolve(), Path(root).resolve())).as_posix()
 
 
 def _img_tag(path: Path) -> str:
@@ -93,7 +100,7 @@ def write_report(root: Path, experiments, records: list[dict], meta: dict) -> Pa
                f"`{s.get('run_dir')}`", "", _md_table(rows), ""]
         for fig in _figures(s):
             h.append(_img_tag(fig))
-            md += [f"![{fig.name}]({fig.resolve()})", ""]
+            md += [f"![{fig.name}]({_relative(fig, root)})", ""]
         cfg = json.dumps(rec["config"], indent=1, default=str)
         h.append(f"<details><summary>config</summary><pre>{html.escape(cfg)}</pre></details>")
         table = Path(s.get("run_dir", "")) / "table.md"
