@@ -95,10 +95,24 @@ def test_tiny_run_writes_metrics_checkpoint_summary(tiny_policy_dir, tmp_path):
     assert "rloo" in (run_dir / "table.md").read_text()
 
 
-def test_slice_filters_training_problems(tiny_policy_dir, tmp_path):
-    cfg = _cfg(tiny_policy_dir, tmp_path, steps=1, slice="hard", eval_every=0, checkpoint_every=0)
+def test_log_line_averages_the_interval():
+    recs = [{"step": 9, "reward_mean": 0.5, "acc": 0.5, "loss": 0.1, "frac_zero_variance": 0.5,
+             "time_step": 2.0},
+            {"step": 10, "reward_mean": 1.0, "acc": 1.0, "loss": -0.1, "frac_zero_variance": 0.0,
+             "time_step": 4.0}]
+    line = trainer.log_line(recs, 40, 0.25)
+    assert line == ("step 10/40 | reward 0.750 | acc 0.750 | loss +0.0000 | zero-var 0.25 | "
+                    "3.00 s/step | eval 0.250")
+    assert "eval" not in trainer.log_line(recs[:1], 40, None)
+
+
+def test_slice_filters_training_problems(tiny_policy_dir, tmp_path, capsys):
+    cfg = _cfg(tiny_policy_dir, tmp_path, steps=3, slice="hard", eval_every=0, checkpoint_every=0,
+               log_every=2)
     summary = trainer.run(cfg, progress=False)
-    (rec,) = read_metrics(summary["run_dir"])
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("step ")]
+    assert [x.split(" |")[0] for x in lines] == ["step 2/3", "step 3/3"]  # every 2, and the end
+    rec = read_metrics(summary["run_dir"])[0]
     assert all(p.startswith("arith/mul1") for p in rec["problems"])
     assert rec["acc_easy"] is None and summary["slice_sizes"] == {"easy": 0, "hard": 16}
 

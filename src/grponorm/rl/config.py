@@ -76,6 +76,7 @@ class TrainConfig:
     eval_every: int = 10  # held-out eval every N steps (and at start and end; 0 = never)
     eval_temperature: float = 0.0  # eval sampling temperature (0 = greedy)
     checkpoint_every: int = 10  # checkpoint every N steps (0 = only at the end)
+    log_every: int = 1  # without a progress bar: one log line per N steps (0 = none)
     seed: int = 0  # training seed (LoRA init, sampling, data order)
     threads: int = 0  # torch CPU threads (0 = torch's default)
     device: str = "auto"  # auto (CUDA GPU when present, else CPU), cpu, cuda or cuda:N
@@ -173,6 +174,7 @@ class TrainConfig:
             "n_eval",
             "eval_every",
             "checkpoint_every",
+            "log_every",
             "micro_batch",
             "threads",
         ):

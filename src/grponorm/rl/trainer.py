@@ -154,6 +154,19 @@ def train_step(loop: Loop, step: int) -> dict:
     return rec
 
 
+def log_line(recs: list[dict], steps: int, last_eval: float | None) -> str:
+    """One line for the steps in ``recs`` (means over them): what a run without a progress
+    bar prints every ``log_every`` steps."""
+    def mean(key):
+        vals = [r[key] for r in recs if r.get(key) is not None]
+        return float(np.mean(vals)) if vals else math.nan
+
+    line = (f"step {recs[-1]['step']:>{len(str(steps))}}/{steps} | reward {mean('reward_mean'):.3f}"
+            f" | acc {mean('acc'):.3f} | loss {mean('loss'):+.4f} | zero-var "
+            f"{mean('frac_zero_variance'):.2f} | {mean('time_step'):.2f} s/step")
+    return line + (f" | eval {last_eval:.3f}" if last_eval is not None else "")
+
+
 def evaluate(policy: Policy, prompts, problems, labels, cfg: TrainConfig, step: int) -> dict:
     """Held-out accuracy of the current policy (``eval_temperature``, one sample each)."""
     t0 = time.perf_counter()
@@ -236,9 +249,11 @@ def run(cfg: TrainConfig, progress: bool = True,
     bar = tqdm(range(start + 1, cfg.steps + 1), desc=f"rl {cfg.normalizer}/{cfg.slice}",
                disable=not progress, initial=start, total=cfg.steps)
     ema = extra.get("ema_acc")
+    interval: list[dict] = []
     for step in bar:
         rec = train_step(loop, step)
         out.log(rec)
+        interval.append(rec)
         ema = rec["acc"] if ema is None else 0.9 * ema + 0.1 * rec["acc"]
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
             ev = do_eval(step)
@@ -248,6 +263,9 @@ def run(cfg: TrainConfig, progress: bool = True,
             extra = {"data_position": step * cfg.prompts_per_step, "ema_acc": ema,
                      "last_eval": last_eval, "elapsed_s": elapsed}
             save_checkpoint(out.path, model, optimizer, step, extra)
+        if not progress and cfg.log_every and (step % cfg.log_every == 0 or step == cfg.steps):
+            print(log_line(interval, cfg.steps, last_eval), flush=True)
+            interval = []
         post = {"acc": f"{rec['acc']:.2f}", "ema": f"{ema:.2f}", "zv": rec["frac_zero_variance"]}
         if last_eval is not None:
             post["eval"] = f"{last_eval:.2f}"
