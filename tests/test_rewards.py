@@ -81,6 +81,22 @@ def test_literal_letter_n_gets_zero_reward():
     assert correctness_reward("The answer is N.", "5", fallback_last_number=True) == 0.0
 
 
+@pytest.mark.parametrize("text, expected", [
+    ("72", "72"), ("  72\n", "72"), ("72.", "72"), ("$1,200", "1200"), ("-3", "-3"),
+    ("3/4", "0.75"), (" 5.50 ", "5.5"),
+    ("72 apples", None), ("I think 72", None), ("72 or 73", None), ("1,23", None),
+])
+def test_a_completion_that_is_only_a_number_is_its_answer(text, expected):
+    assert extract_answer(text) == expected
+    assert correctness_reward(text, "72") == (1.0 if expected == "72" else 0.0)
+
+
+def test_only_a_number_rule_agrees_with_math_verify(math_verify):
+    for text in ("72", "  72\n", "72."):
+        assert correctness_reward(text, "72") == 1.0
+        assert _peer(math_verify, "72", text)
+
+
 def test_no_marker_no_answer_unless_fallback():
     text = "First 2 + 3 = 5, so we get 5 apples."
     assert extract_answer(text) is None

@@ -13,7 +13,10 @@ that occurrence does not hold a number, the next marker is tried.
 2. ``#### N`` -- the text after the last ``####`` (GSM8K's own answer line).
 3. ``answer is N`` / ``answer: N`` / ``answer = N`` -- case-insensitive, after the last such
    phrase ("The answer is 5.", "Final answer: 5", "the answer is: **5**").
-4. Only with ``fallback_last_number=True``: the last number anywhere in the text. Off by
+4. A completion that is nothing but a number (``"72"``, ``"  72\n"``, ``"$1,200."``): the
+   whole completion is the answer. Read strictly: only whitespace and a final period may
+   surround the number, so "72 apples" or "I think 72" are not answers by this rule.
+5. Only with ``fallback_last_number=True``: the last number anywhere in the text. Off by
    default: the trainer asks for "The answer is N." and rewards only answers given in a
    recognised form, so a stray number in the reasoning is never rewarded by accident.
 
@@ -197,6 +200,10 @@ def extract_value(text: str, *, fallback_last_number: bool = False) -> Fraction 
     if last:
         end = last[0].end()
         value = parse_number(text[end : end + _WINDOW])
+        if value is not None:
+            return value
+    if len(text) <= _WINDOW:  # a completion that is only a number is its own answer
+        value = parse_number(text, strict=True)
         if value is not None:
             return value
     return _last_number(text) if fallback_last_number else None
