@@ -1,0 +1,260 @@
+"""TRL backend: a ``GRPOTrainer`` whose advantages come from grponorm's normalizer registry.
+
+Tested with TRL 1.16.0 (transformers 5.24.0, accelerate 1.15.0, torch 2.13.0, CPU, one and two
+processes). TRL has no public advantage hook: its maintainers say to subclass and override
+``_generate_and_score_completions`` (trl#4525); a ``_transform_advantages`` hook is only proposed
+(trl#7291, PR #7298). The subclass therefore stays thin and overrides three methods:
+
+* ``_calculate_rewards``: unchanged result; it keeps the reward matrix that TRL has just gathered
+  from all processes, ``(n_total, n_reward_funcs)``.
+* ``_generate_and_score_completions``: runs TRL's method unchanged, then replaces its advantages.
+  TRL's combined per-sample reward (reward weights, ``nansum`` over reward functions, NaN where
+  every function returned None) is normalized by the registry over whole groups of the gathered
+  batch, so a group split across processes is normalized as one; each process keeps its own rows
+  (TRL's ``process_index`` slice). The completions table (``_logs["advantages"]``) gets the
+  advantages that are trained on, and grponorm's metrics go to ``self._metrics[mode]``.
+* ``log``: adds the normalizer's name and options, as strings, to the first log line
+  (``grponorm/normalizer``, ``grponorm/normalizer_options``): TRL's ``_metrics`` averages numbers
+  and cannot carry a string, but ``Trainer.log`` passes it on to ``state.log_history`` and the
+  ``report_to`` backends.
+
+TRL's own normalization still runs (it is cheap) and its result is discarded, so
+``args.scale_rewards`` has no effect; TRL's ``frac_reward_zero_std`` metric is left as it is.
+Rows that no reward function scored get advantage 0 and stay out of their group's statistics, as
+in TRL; a group with such rows is normalized alone over its scored rows (for ``batch_std`` its
+scale is then its own). Only ``multi_objective_aggregation="sum_then_normalize"`` is supported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from typing import Any
+
+import torch
+from trl import GRPOTrainer
+
+from grponorm.normalizers import AdvantageStats, get_normalizer, normalize, normalize_with_stats
+
+__all__ = [
+    "GatheredAdvantages",
+    "NormalizedGRPOTrainer",
+    "advantages_from_gathered",
+    "check_normalizer",
+    "combined_rewards",
+]
+
+logger = logging.getLogger(__name__)
+
+_PROBE = [[0.0, 1.0, 1.0, 0.0]]  # one binary group: every registered normalizer accepts it
+
+
+def check_normalizer(name: str, options: dict[str, Any]) -> None:
+    """Fails early on an unknown normalizer name or options it does not accept.
+
+    Raises:
+        UnknownNormalizerError: ``name`` is not registered (the message lists the names).
+        TypeError: an option the normalizer does not take.
+        ValueError: an option value it rejects.
+    """
+    get_normalizer(name)
+    try:
+        normalize(torch.tensor(_PROBE), name, **options)
+    except TypeError as err:
+        raise TypeError(f"normalizer_options {options!r} do not fit {name!r}: {err}") from err
+
+
+def combined_rewards(rewards_per_func: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """TRL's per-sample reward: weighted ``nansum`` over functions; NaN where none scored.
+
+    Args:
+        rewards_per_func: ``(n, n_funcs)`` rewards, NaN where a function returned None.
+        weights: ``(n_funcs,)`` reward weights.
+
+    Returns:
+        ``(n,)`` rewards.
+    """
+    w = weights.to(rewards_per_func.device)[None, :]  # (1, n_funcs)
+    rewards = (rewards_per_func * w).nansum(dim=1)  # (n,)
+    return rewards.masked_fill(torch.isnan(rewards_per_func).all(dim=1), float("nan"))
+
+
+@dataclasses.dataclass(frozen=True)
+class GatheredAdvantages:
+    """Advantages of one gathered batch and what is logged about them."""
+
+    all: torch.Tensor  # (n_total,) every process's rows, in gather order
+    local: torch.Tensor  # (n_local,) this process's rows
+    stats: AdvantageStats
+    group_reward_std: torch.Tensor  # (n_groups,) Bessel std of each group's scored rewards
+
+
+def _stats(adv: torch.Tensor, zero: torch.Tensor) -> AdvantageStats:
+    """AdvantageStats of ``adv`` (n_groups, G) with ``zero`` (n_groups,) marking flat groups."""
+    a = adv.detach().float()
+    n_groups, n_zero = int(zero.numel()), int(zero.sum())
+    return AdvantageStats(
+        n_groups=n_groups,
+        n_zero_variance=n_zero,
+        frac_zero_variance=n_zero / n_groups,
+        adv_mean=float(a.mean()),
+        adv_std=float(a.std(correction=0)),
+        adv_abs_max=float(a.abs().max()),
+    )
+
+
+def _normalize_partial(grouped: torch.Tensor, method: str, options: dict[str, Any]):
+    """Registry advantages when some rewards are NaN (unscored) or G < 2.
+
+    Complete groups are normalized together; a group with unscored rows is normalized alone
+    over its scored rows (fewer than 2: all 0); unscored rows get 0.
+    """
+    scored = ~torch.isnan(grouped)  # (n_groups, G)
+    adv = torch.zeros_like(grouped)
+    full = scored.all(dim=1)  # (n_groups,)
+    if grouped.shape[1] >= 2 and bool(full.any()):
+        adv[full] = normalize(grouped[full], method, **options)
+    for i in (~full).nonzero().flatten().tolist():
+        row = grouped[i][scored[i]][None, :]  # (1, k)
+        if row.shape[1] >= 2:
+            adv[i, scored[i]] = normalize(row, method, **options)[0]
+    lo = grouped.nan_to_num(float("inf")).amin(dim=1)  # (n_groups,)
+    hi = grouped.nan_to_num(float("-inf")).amax(dim=1)
+    return adv, _stats(adv, ~(hi > lo))
+
+
+def _group_reward_std(grouped: torch.Tensor) -> torch.Tensor:
+    """Bessel std over each group's scored rewards, NaN with fewer than 2. (n_groups,)"""
+    scored = ~torch.isnan(grouped)
+    count = scored.sum(dim=1)
+    mean = torch.nanmean(grouped, dim=1, keepdim=True)
+    sq = ((grouped - mean) ** 2).nan_to_num(0.0).sum(dim=1)
+    return torch.where(count >= 2, sq / (count - 1).clamp(min=1), float("nan")).sqrt()
+
+
+def advantages_from_gathered(
+    rewards: torch.Tensor,
+    num_generations: int,
+    process_index: int,
+    n_local: int,
+    method: str,
+    options: dict[str, Any] | None = None,
+) -> GatheredAdvantages:
+    """Normalizes the gathered rewards by whole groups and slices this process's rows.
+
+    Args:
+        rewards: ``(n_total,)`` rewards of all processes in gather order, each group's
+            ``num_generations`` samples contiguous (TRL's layout); NaN marks an unscored row.
+        num_generations: Group size G.
+        process_index: This process's rank; its rows are
+            ``[process_index * n_local, (process_index + 1) * n_local)``, as in TRL.
+        n_local: Rows per process.
+        method: Registry normalizer name; ``options`` are its keyword options.
+
+    Returns:
+        :class:`GatheredAdvantages` (advantages in ``rewards``' dtype and device).
+    """
+    options = options or {}
+    grouped = rewards.view(-1, num_generations)  # (n_groups, G)
+    if num_generations >= 2 and not bool(torch.isnan(grouped).any()):
+        adv, stats = normalize_with_stats(grouped, method, **options)
+    else:
+        adv, stats = _normalize_partial(grouped, method, options)
+    flat = adv.reshape(-1)  # (n_total,)
+    local = flat[process_index * n_local : (process_index + 1) * n_local]  # (n_local,)
+    return GatheredAdvantages(flat, local, stats, _group_reward_std(grouped))
+
+
+class NormalizedGRPOTrainer(GRPOTrainer):
+    """TRL's ``GRPOTrainer`` with advantages from a grponorm registry normalizer.
+
+    Args:
+        *args, **kwargs: Everything ``trl.GRPOTrainer`` takes.
+        normalizer: Registry name (``grponorm.normalizers.available_normalizers()``). TRL's own
+            ``scale_rewards="group"`` is ``normalizer="group_std"`` with ``{"eps": 1e-4}``
+            (Bessel std is the default); ``"none"`` is ``scale_rewards="none"``.
+        normalizer_options: Keyword options of that normalizer (e.g. ``{"eps": 1e-4}``).
+
+    Raises:
+        UnknownNormalizerError, TypeError, ValueError: bad normalizer or options (before TRL
+            builds anything), or an unsupported ``multi_objective_aggregation``.
+    """
+
+    _tag_names = [*GRPOTrainer._tag_names, "grponorm"]
+
+    def __init__(
+        self,
+        *args: Any,
+        normalizer: str = "group_std",
+        normalizer_options: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        options = dict(normalizer_options or {})
+        check_normalizer(normalizer, options)
+        self.normalizer = normalizer
+        self.normalizer_options = options
+        self._gathered_rewards: torch.Tensor | None = None
+        self._normalizer_logged = False
+        super().__init__(*args, **kwargs)
+        if self.multi_objective_aggregation != "sum_then_normalize":
+            raise ValueError(
+                "NormalizedGRPOTrainer normalizes TRL's summed reward; "
+                f"multi_objective_aggregation={self.multi_objective_aggregation!r} is not supported"
+            )
+        logger.info("grponorm: advantages from normalizer %r %s", normalizer, options)
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        """TRL's gathered rewards ``(n_total, n_funcs)``, kept for the advantage step."""
+        rewards_per_func = super()._calculate_rewards(
+            inputs, prompts, completions, completion_ids_list
+        )
+        self._gathered_rewards = rewards_per_func
+        return rewards_per_func
+
+    def _generate_and_score_completions(self, inputs):
+        """TRL's batch, with the registry's advantages in place of TRL's."""
+        output = super()._generate_and_score_completions(inputs)
+        mode = "train" if self.model.training else "eval"
+        group = self.num_generations if mode == "train" else self.num_generations_eval
+        rewards = combined_rewards(self._gathered_rewards, self.reward_weights)  # (n_total,)
+        result = advantages_from_gathered(
+            rewards,
+            group,
+            self.accelerator.process_index,
+            len(inputs),
+            self.normalizer,
+            self.normalizer_options,
+        )
+        output["advantages"] = result.local.to(output["advantages"].dtype)
+        self._replace_logged_advantages(result.all)
+        self._record_metrics(mode, result)
+        return output
+
+    def _replace_logged_advantages(self, advantages: torch.Tensor) -> None:
+        """Swaps the rows TRL just appended to the completions table for ``advantages``."""
+        logged = self._logs["advantages"]
+        for _ in range(min(advantages.numel(), len(logged))):
+            logged.pop()
+        logged.extend(advantages.tolist())
+
+    def _record_metrics(self, mode: str, result: GatheredAdvantages) -> None:
+        """Appends grponorm's metrics to TRL's ``self._metrics[mode]`` (averaged per log)."""
+        metrics = self._metrics[mode]
+        stats = result.stats
+        metrics["grponorm/frac_zero_variance"].append(stats.frac_zero_variance)
+        metrics["grponorm/adv_mean"].append(stats.adv_mean)
+        metrics["grponorm/adv_std"].append(stats.adv_std)
+        metrics["grponorm/adv_abs_max"].append(stats.adv_abs_max)
+        std = result.group_reward_std[~torch.isnan(result.group_reward_std)]
+        for name, fn in (("mean", torch.mean), ("min", torch.min), ("max", torch.max)):
+            value = float(fn(std)) if std.numel() else float("nan")  # NaN is skipped by TRL
+            metrics[f"grponorm/group_reward_std/{name}"].append(value)
+
+    def log(self, logs: dict[str, Any], start_time: float | None = None) -> None:
+        """TRL's log; the first line also names the normalizer (strings, once)."""
+        if not self._normalizer_logged:
+            logs["grponorm/normalizer"] = self.normalizer
+            logs["grponorm/normalizer_options"] = json.dumps(self.normalizer_options)
+            self._normalizer_logged = True
+        super().log(logs, start_time)
