@@ -6,6 +6,7 @@ checks that its metrics equal an uninterrupted run's (timing fields aside).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -107,11 +108,21 @@ def test_log_line_averages_the_interval():
 
 
 def test_slice_filters_training_problems(tiny_policy_dir, tmp_path, capsys):
+    sinks = ["tensorboard"] if importlib.util.find_spec("tensorboard") else []
     cfg = _cfg(tiny_policy_dir, tmp_path, steps=3, slice="hard", eval_every=0, checkpoint_every=0,
-               log_every=2)
+               log_every=2, report_to=sinks)
     summary = trainer.run(cfg, progress=False)
     lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("step ")]
     assert [x.split(" |")[0] for x in lines] == ["step 2/3", "step 3/3"]  # every 2, and the end
+    if sinks:  # --report-to tensorboard: the same numbers as metrics.jsonl
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        acc = EventAccumulator(str(Path(summary["run_dir"]) / "tensorboard"))
+        acc.Reload()
+        events = acc.Scalars("train/acc")
+        recs = read_metrics(summary["run_dir"])
+        assert [e.step for e in events] == [r["step"] for r in recs]
+        assert [e.value for e in events] == pytest.approx([r["acc"] for r in recs])
     rec = read_metrics(summary["run_dir"])[0]
     assert all(p.startswith("arith/mul1") for p in rec["problems"])
     assert rec["acc_easy"] is None and summary["slice_sizes"] == {"easy": 0, "hard": 16}

@@ -19,6 +19,7 @@ from . import data as rl_data
 from .loss import AGGREGATIONS
 from .models import ModelConfig, default_cache_dir
 from .rollout import ENGINES
+from .sinks import INSTALL, missing_sinks
 
 __all__ = ["TrainConfig", "load_saved_config", "parse_options"]
 
@@ -27,7 +28,7 @@ SLICE_RULES = ("level", "steps", "pass_rate", "judge")
 OLD_LOGPROBS = ("auto", "rollout", "recompute")
 ATTENTIONS = ("auto", "gqa", "model")
 BACKENDS = ("native", "trl")
-SINKS = ("tensorboard", "wandb")  # metric sinks besides metrics.jsonl
+SINKS = tuple(INSTALL)  # metric sinks besides metrics.jsonl
 
 
 @dataclass
@@ -193,6 +194,8 @@ class TrainConfig:
         )
         bad = [s for s in self.report_to if s not in SINKS]
         need(not bad, f"report_to: unknown sink(s) {bad}; known: {', '.join(SINKS)}")
+        missing = missing_sinks(self.report_to)
+        need(not missing, "report_to needs " + "; ".join(f"{m}: {INSTALL[m]}" for m in missing))
         need(self.temperature > 0, "temperature must be > 0 for training rollouts")
         need(0 < self.top_p <= 1, f"top_p must be in (0, 1]; got {self.top_p}")
         need(self.kl_coef >= 0 and self.clip_eps >= 0, "kl_coef and clip_eps must be >= 0")

@@ -44,6 +44,7 @@ from .models import reference_context
 from .policy import Policy, load_policy
 from .problems import build_problems, select_problems, step_indices, step_seed
 from .rewards import batch_rewards
+from .sinks import MetricSinks
 from .summary import read_metrics, summarize, summary_table
 from .update import train_on_batch
 
@@ -235,11 +236,17 @@ def run(cfg: TrainConfig, progress: bool = True,
     t_run = time.perf_counter()
     setup_s = time.perf_counter() - t_setup
 
+    sinks = MetricSinks(cfg.report_to, out.path, cfg.train_fields())
+
+    def log(rec: dict) -> None:  # metrics.jsonl, then the sinks of report_to
+        out.log(rec)
+        sinks.log(rec)
+
     def do_eval(step):
         if not (cfg.eval_every and held):
             return None
         rec = evaluate(policy, held_prompts, held, labels, cfg, step)
-        out.log(rec)
+        log(rec)
         return rec
 
     last_eval = extra.get("last_eval")
@@ -252,7 +259,7 @@ def run(cfg: TrainConfig, progress: bool = True,
     interval: list[dict] = []
     for step in bar:
         rec = train_step(loop, step)
-        out.log(rec)
+        log(rec)
         interval.append(rec)
         ema = rec["acc"] if ema is None else 0.9 * ema + 0.1 * rec["acc"]
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
@@ -271,6 +278,7 @@ def run(cfg: TrainConfig, progress: bool = True,
             post["eval"] = f"{last_eval:.2f}"
         bar.set_postfix(post)
     bar.close()
+    sinks.close()
     return _finish(cfg, out, model, sizes, len(held), setup_s,
                    elapsed0 + time.perf_counter() - t_run)
 
