@@ -28,6 +28,7 @@ SLICE_RULES = ("level", "steps", "pass_rate", "judge")
 OLD_LOGPROBS = ("auto", "rollout", "recompute")
 ATTENTIONS = ("auto", "gqa", "model")
 BACKENDS = ("native", "trl")
+OPTIMIZERS = ("adamw", "sgd")
 SINKS = tuple(INSTALL)  # metric sinks besides metrics.jsonl
 
 
@@ -59,7 +60,8 @@ class TrainConfig:
     G: int = 8  # completions sampled per prompt
     prompts_per_step: int = 4  # prompts (groups) per step
     steps: int = 40  # training steps
-    lr: float = 5e-4  # AdamW learning rate (constant)
+    lr: float = 5e-4  # learning rate of the optimizer (constant)
+    optimizer: str = "adamw"  # adamw (no weight decay) or sgd (plain, no momentum: the theory's)
     max_grad_norm: float = 1.0  # gradient clipping threshold (0 = none)
     max_new_tokens: int = 12  # completion length limit
     temperature: float = 0.7  # sampling temperature of the rollouts
@@ -187,6 +189,8 @@ class TrainConfig:
         )
         need(self.diag_every >= 1, f"diag_every must be >= 1; got {self.diag_every}")
         need(self.diag_probe >= 0, f"diag_probe must be >= 0; got {self.diag_probe}")
+        need(self.optimizer in OPTIMIZERS,
+             f"optimizer must be one of {OPTIMIZERS}: {self.optimizer!r}")
         need(self.backend in BACKENDS, f"backend must be one of {BACKENDS}: {self.backend!r}")
         need(
             self.backend != "trl" or importlib.util.find_spec("trl") is not None,

@@ -140,6 +140,7 @@ def train_step(loop: Loop, step: int) -> dict:
     rec["lr"] = loop.optimizer.param_groups[0]["lr"]
     rec["data_position"] = step * cfg.prompts_per_step
     rec["problems"] = [p.id for p in problems]
+    rec["group_acc"] = [float(a) for a in (rewards == 1).float().mean(dim=1)]  # per problem
     t_diag = 0.0
     if diag is not None:
         rec.update(diag)
@@ -166,6 +167,13 @@ def log_line(recs: list[dict], steps: int, last_eval: float | None) -> str:
             f" | acc {mean('acc'):.3f} | loss {mean('loss'):+.4f} | zero-var "
             f"{mean('frac_zero_variance'):.2f} | {mean('time_step'):.2f} s/step")
     return line + (f" | eval {last_eval:.3f}" if last_eval is not None else "")
+
+
+def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    """AdamW (no weight decay) or plain SGD (no momentum) at the constant ``cfg.lr``."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
 
 
 def evaluate(policy: Policy, prompts, problems, labels, cfg: TrainConfig, step: int) -> dict:
@@ -220,7 +228,7 @@ def run(cfg: TrainConfig, progress: bool = True,
     seed_everything(cfg.seed)
     model = policy.attach_lora()  # LoRA init draws from the seeded torch RNG
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    optimizer = make_optimizer(cfg, params)
     ref_ctx = (lambda: reference_context(model)) if cfg.kl_coef > 0 else None
     loop = Loop(cfg, policy, optimizer, pool, policy.prompts(pool), labels, ref_ctx,
                 parse_options(cfg.normalizer_options), measure)
