@@ -265,8 +265,10 @@ PAPER_LINE = "; ".join(f"{sl.capitalize()} ≈{p['group_std']}% vs {p['none']}%"
                        for sl, p in PAPER.items())
 PROFILES = {
     "quick": dict(steps=8, spread_n=16, n_eval=16, eval_every=4, checkpoint_every=4),
-    "cpu": dict(levels=["add1", "sub1"], seeds=list(range(10)), steps=25, lrs=[2e-4, 1e-3],
-                sgd_lrs=[0.5, 2.0], sweep_seeds=4, spread_n=0,
+    # Easy add1, Hard sub1 (base 19% per sample, half the groups all-wrong: room to learn
+    # without saturating, unlike mul1); 8 paired seeds; LR sweep and SGD on Hard, 3 seeds
+    "cpu": dict(levels=["add1", "sub1"], seeds=list(range(8)), steps=20, lrs=[2e-4, 1.5e-3],
+                sgd_lrs=[0.3, 1.0, 3.0], sweep_seeds=3, spread_n=0,
                 spread_levels=["add1", "mul1", "sub1", "add2", "ops2"]),
     "paper": dict(model="Qwen/Qwen2.5-Math-1.5B", device="cuda", task="gsm8k", slice_by="steps",
                   n_train=0, n_eval=200, max_new_tokens=512, temperature=1.0, lr=1e-5,

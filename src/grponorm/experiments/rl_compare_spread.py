@@ -29,6 +29,9 @@ from ..runs import Run
 
 __all__ = ["histogram_entry", "measure_spread"]
 
+#: Questions per candidate level when spread_n is 0 (all questions are measured for the slices).
+CANDIDATE_QUESTIONS = 64
+
 
 def _rates(base: TrainConfig, policy: Policy, problems: list, progress: bool) -> dict[str, float]:
     """Base pass rate of each distinct question in ``problems`` (question text -> rate)."""
@@ -57,7 +60,8 @@ def measure_spread(base: TrainConfig, slices: list[str], levels: list[str], spre
                    out: Run, progress: bool) -> dict:
     """Histograms for each slice (its first ``spread_n`` distinct questions, 0 = all) and each
     candidate arithmetic level in ``levels``, plus ``question -> base pass rate`` of every
-    distinct training question of the slices (``"rates"``). Draws ``success_hist.png``."""
+    distinct training question of the slices (``"rates"``); a candidate level gets
+    ``spread_n`` (or :data:`CANDIDATE_QUESTIONS`) questions. Draws ``success_hist.png``."""
     if base.threads:
         torch.set_num_threads(base.threads)
     pool, _ = build_problems(base)
@@ -71,10 +75,11 @@ def measure_spread(base: TrainConfig, slices: list[str], levels: list[str], spre
         result["rates"].update(rates)
         shown = list(rates.values())[: spread_n or None]
         result["slices"][s] = histogram_entry(shown, k)
-    for lv in levels:
+    for lv in levels:  # candidates: a histogram only, so spread_n (or 64) questions suffice
         lv_pool, _ = build_problems(replace(base, levels=[lv]))
+        lv_pool = distinct_questions(lv_pool, spread_n or CANDIDATE_QUESTIONS)
         rates = _rates(base, policy, lv_pool, progress)
-        result["levels"][lv] = histogram_entry(list(rates.values())[: spread_n or None], k)
+        result["levels"][lv] = histogram_entry(list(rates.values()), k)
     _figure(result, k, out)
     return result
 
