@@ -62,13 +62,17 @@ def test_sampled_command(tmp_path):
     assert rc == 0
     run = _only_run(tmp_path, "bandit_sampled")
     s = json.loads((run / "summary.json").read_text())
-    assert set(s["tuned_lr"]) == {"easy", "hard"}
-    assert set(s["tuned"]) == {"easy/group_std", "easy/none", "hard/group_std", "hard/none"}
-    for entry in s["tuned"].values():
-        assert entry["lr"] in (0.3, 1.0, 3.0)
+    assert set(s["tuned_lr"]["sgd"]) == {"easy", "hard"}
+    assert set(s["tuned"]["sgd"]) == {"easy/group_std", "easy/none", "hard/group_std",
+                                      "hard/none"}
+    for per_seed in s["tuned_lr"]["sgd"]["hard"].values():  # cross-fitted: one LR per seed
+        assert len(per_seed) == 2 and set(per_seed) <= {0.3, 1.0, 3.0}
+    assert s["comparisons"]["sgd"]["tuned"]["hard"]["n"] == 2
     _check_png(run / "sampled_normalizers.png")
+    _check_png(run / "std_gap.png")
     table = (run / "table.md").read_text()
     assert "Shared learning rate" in table and "best learning rate" in table
+    assert "n=2 paired" in table
 
 
 def test_bad_flag_values_are_reported(tmp_path, capsys):

@@ -7,19 +7,19 @@ Two schedules, as in DESIGN.md §1:
             binary rewards and advantages from any registered normalizer (the synthetic tasks).
 
 Two paths compute each schedule:
-    fast  (orthogonal features only): logit space. Under Assumption 2 a step on question i
-          moves only z_i, by eta G_i g (G_i = X_i X_i^T), so questions evolve independently.
-          (X_j X_i^T = 0 for j != i). For the exact schedule, question i's logits after k
-          of its own updates do not
-          depend on when those updates happened; the simulator therefore advances every
-          question in "local time" at once (vectorized over questions, and over seeds when
-          the seeds start from different logits), then maps local to global time with the
-          per-seed selection counts. The result is the same process, step for step, as the
-          sequential simulation (tests check it against the dense path).
+    fast  (orthogonal features only): logit space. Under Assumption 2 (X_j X_i^T = 0, j != i)
+          a step on question i moves only z_i, by eta G_i g (G_i = X_i X_i^T). In the exact
+          schedule question i's logits after k of its own updates do not depend on when they
+          happened, so every question advances in "local time" at once (vectorized), mapped
+          to global time by the per-seed selection counts: the same process, step for step.
     dense (any features): parameter space, theta (S, d), one global step at a time.
 
 Both paths draw the same random numbers from the same seeds, so on orthogonal instances
 they agree to rounding. Everything is float64.
+
+Optimizers (sampled schedule): SGD ascent theta += eta g (the theory's one global step) or
+Adam on theta. Adam is per coordinate of theta, so logit space reproduces it only for
+axis-aligned rows (`axis_scales`, e.g. `orthogonal_features(rank=None)`); else it runs dense.
 """
 
 from __future__ import annotations
@@ -355,6 +355,50 @@ def sample_outputs(rng: np.random.Generator, p: np.ndarray, G: int) -> np.ndarra
     return (u[:, :, None] >= cdf[:, None, :]).sum(axis=-1)  # (n, G)
 
 
+def adam_update(m: np.ndarray, v: np.ndarray, grad: np.ndarray, k: int, lr: float,
+                betas=(0.9, 0.999), eps: float = 1e-8):
+    """One Adam step (Kingma & Ba, Alg. 1) for ascent; returns (m_k, v_k, step), shaped like
+    grad, and the caller adds the step: m_k = b1 m + (1 - b1) g, v_k = b2 v + (1 - b2) g^2,
+    step = lr m_hat / (sqrt(v_hat) + eps), m_hat = m_k / (1 - b1^k), v_hat = v_k / (1 - b2^k),
+    k the 1-based step count."""
+    b1, b2 = betas
+    m = b1 * m + (1.0 - b1) * grad
+    v = b2 * v + (1.0 - b2) * grad * grad
+    m_hat = m / (1.0 - b1**k)
+    v_hat = v / (1.0 - b2**k)
+    return m, v, lr * m_hat / (np.sqrt(v_hat) + eps)
+
+
+def axis_scales(features: Features) -> np.ndarray | None:
+    """(n, K) scales c with X_i[k] = c_ik e_j(i,k), all j(i,k) distinct, else None: then
+    z_ik = c_ik theta_j(i,k) and d/dtheta_j(i,k) = c_ik g_ik, so Adam runs in logit space."""
+    X = features.X
+    if X is None or not features.orthogonal:
+        return None
+    nz = X != 0.0  # (n, K, d)
+    if not np.all(nz.sum(axis=-1) == 1):
+        return None
+    cols = nz.argmax(axis=-1)  # (n, K)
+    if np.unique(cols).size != cols.size:
+        return None
+    return np.take_along_axis(X, cols[..., None], axis=-1)[..., 0]
+
+
+def _check_adam(features: Features, path: str, optimizer: str, betas, eps) -> str:
+    """Validates the optimizer; Adam goes to the dense path unless features are axis-aligned."""
+    if optimizer not in ("sgd", "adam"):
+        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+    if optimizer == "sgd":
+        return path
+    if not (all(0.0 <= float(b) < 1.0 for b in betas) and len(betas) == 2 and eps > 0):
+        raise ValueError(f"need adam_betas in [0, 1) and adam_eps > 0; got {betas}, {eps}")
+    aligned = axis_scales(features) is not None
+    if path == "fast" and not aligned:
+        raise ValueError("Adam in logit space needs axis-aligned orthogonal features; "
+                         "use path='dense'")
+    return ("fast" if aligned else "dense") if path == "auto" else path
+
+
 def sampled_direction(p: np.ndarray, outputs: np.ndarray, adv: np.ndarray) -> np.ndarray:
     """Logit-space policy-gradient estimate (1/G) sum_g A_g (e_{o_g} - p)  (one row per group).
 
@@ -375,7 +419,8 @@ def simulate_sampled(
     features: Features, a, z0, *, normalizer: str, eta: float, T: int, G: int = 8,
     seeds=(0,), path: str = "auto", record_every: int = 1, collapse_level: float = 0.99,
     normalizer_options: dict | None = None, theta0: np.ndarray | None = None,
-    on_step: Callable | None = None,
+    on_step: Callable | None = None, optimizer: str = "sgd", adam_betas=(0.9, 0.999),
+    adam_eps: float = 1e-8,
 ) -> SampledRun:
     """Sampled-group dynamics: every step, every question draws G outputs from the policy.
 
@@ -394,6 +439,9 @@ def simulate_sampled(
         on_step: optional observer called before each update as
             on_step(t, p (S, n, K), outputs (S, n, G), rewards (S, n, G), logits (S, n, K)) -
             e.g. for curvature diagnostics on the very samples the update uses.
+        optimizer: "sgd" (theta += eta sum_i X_i^T g_i) or "adam" (`adam_update` of that
+            direction on theta, learning rate eta, `adam_betas`, `adam_eps`). With "auto",
+            Adam runs in logit space only for axis-aligned features (`axis_scales`).
     """
     a, seeds = _check_common(features, a, eta, T, seeds)
     if int(G) < 2:
@@ -401,7 +449,7 @@ def simulate_sampled(
     opts = dict(normalizer_options or {})
     n, K, S = features.n, features.K, len(seeds)
     z0 = _check_z0(z0, S, n, K)
-    path = _pick_path(features, path)
+    path = _pick_path(features, _check_adam(features, path, optimizer, adam_betas, adam_eps))
     rngs = [np.random.default_rng([s, 1]) for s in seeds]
     rec = _record_points(T, record_every)
     rec_set = {int(t): j for j, t in enumerate(rec)}
@@ -415,12 +463,14 @@ def simulate_sampled(
         from .features import theta_for_logits
 
         X = features.X
-        if theta0 is None:
-            theta = np.stack([theta_for_logits(features, z0[min(s, z0.shape[0] - 1)])
-                              for s in range(S)])
-        else:
-            theta = np.broadcast_to(np.asarray(theta0, float), (S, X.shape[2])).copy()
+        if theta0 is None:  # one least-squares solve per distinct z0
+            theta0 = np.stack([theta_for_logits(features, z) for z in z0])  # (1 or S, d)
+        theta = np.broadcast_to(np.asarray(theta0, float), (S, X.shape[2])).copy()
         z = _logits(X, theta)
+    if optimizer == "adam":  # moments of the theta-gradient: (S, d), or (S, n, K) in logit space
+        scale = axis_scales(features) if path == "fast" else None
+        m = np.zeros((S, n, K) if path == "fast" else theta.shape)
+        v = np.zeros_like(m)
     for t in range(T + 1):
         p, q = softmax_with_complement(z)
         pa = np.take_along_axis(p, a_b[..., None], -1)[..., 0]  # (S, n)
@@ -443,7 +493,14 @@ def simulate_sampled(
                 zvf[s, j] = np.mean(np.all(rewards == rewards[:, :1], axis=1))
         if on_step is not None:
             on_step(t, p, outs, rews, z)
-        if path == "fast":
+        if optimizer == "adam" and path == "fast":  # theta_j(i,k) moves by step; z_ik by c step
+            m, v, step = adam_update(m, v, scale * g, t + 1, eta, adam_betas, adam_eps)
+            z += scale * step
+        elif optimizer == "adam":
+            m, v, step = adam_update(m, v, _pullback(X, g), t + 1, eta, adam_betas, adam_eps)
+            theta += step
+            z = _logits(X, theta)
+        elif path == "fast":
             z += eta * _gram_apply(features, g)
         else:
             theta += eta * _pullback(X, g)
@@ -453,4 +510,5 @@ def simulate_sampled(
     collapsed = (wrong.max(axis=-1) >= collapse_level).sum(axis=1)
     return SampledRun(t=rec, mean_pi=mean_pi, sample_acc=acc, zero_var_frac=zvf,
                       final_pi=pa, collapsed=collapsed, path=path,
-                      options={"normalizer": normalizer, "eta": eta, "G": G, **opts})
+                      options={"normalizer": normalizer, "eta": eta, "G": G,
+                               "optimizer": optimizer, **opts})

@@ -1,8 +1,17 @@
 """E2: exact REINFORCE vs GRPO convergence (Theorems 3-4, Appendix E).
 
 Reads top to bottom: orthogonal instance -> for each initialization and step-size setting run
-both methods over seeds -> pi* curves with seed bands, steps to mean pi* >= 0.9 / 0.99,
-speed-up table, C(n, T) -> optional interference study (Assumption 2 violated) -> summary.
+both methods over seeds -> pi* curves with 95% CI bands, steps to mean pi* >= 0.9 / 0.99 per
+seed, speed-up over seeds, C(n, T) -> optional interference study (Assumption 2 violated) ->
+summary.
+
+Speed-up. Seed s draws the same question sequence for both methods (`selection_sequence`), so
+the per-seed steps are paired: the speed-up is the geometric mean of REINFORCE/GRPO over seeds
+with its t-interval on the log scale (`grponorm.stats.ratio_compare`), expected > 1. A seed that
+never reaches the target within T is censored: it counts as T + 1 steps, a lower bound. Censored
+REINFORCE seeds make the speed-up a lower bound (a "reproduced" stands); censored GRPO seeds
+make it an upper bound, so a "reproduced" becomes inconclusive (and symmetrically for
+"contradicted").
 """
 
 from __future__ import annotations
@@ -16,7 +25,8 @@ from .. import plotting
 from ..bandit.features import initial_logits, orthogonal_features, overlap_features
 from ..bandit.simulate import simulate_exact
 from ..runs import Run, markdown_table
-from .rows import fmt
+from ..stats import ratio_compare
+from .rows import fmt, ratio_entry
 
 
 @dataclass
@@ -43,7 +53,41 @@ def _steps_summary(steps: np.ndarray) -> dict:
     ok = steps >= 0
     return {"median": float(np.median(steps[ok])) if ok.all() else None,
             "mean": float(steps[ok].mean()) if ok.any() else None,
-            "reached": int(ok.sum()), "of": int(steps.size)}
+            "reached": int(ok.sum()), "of": int(steps.size), "per_seed": steps.tolist()}
+
+
+def censored_steps(steps: np.ndarray, T: int) -> np.ndarray:
+    """Per-seed steps (S,) as positive floats: never reached (-1) -> T + 1, 0 -> 1."""
+    return np.where(steps < 0, T + 1, np.maximum(steps, 1)).astype(np.float64)
+
+
+def speedup(reinforce: np.ndarray, grpo: np.ndarray, T: int) -> dict:
+    """Paired geometric-mean speed-up REINFORCE/GRPO over seeds, censoring handled (docstring).
+
+    Args:
+        reinforce, grpo: (S,) first step with mean pi* >= target per seed, -1 if never.
+    """
+    r, g = censored_steps(reinforce, T), censored_steps(grpo, T)
+    rc_, gc_ = int(np.sum(reinforce < 0)), int(np.sum(grpo < 0))
+    S = int(r.size)
+    if rc_ == S and gc_ == S:
+        return {"speedup": None, "low": None, "high": None, "n": S, "censored": [rc_, gc_],
+                "gm": [None, None], "text": f"neither reached within T={T}",
+                "verdict": "inconclusive (not reached within T)"}
+    e = ratio_entry(ratio_compare(r, g, paired=True), +1)
+    e["speedup"] = e.pop("ratio")
+    v = e["verdict"]
+    if gc_ and v == "reproduced":
+        v = f"inconclusive (GRPO censored in {gc_}/{S} seeds: the speed-up is an upper bound)"
+    elif rc_ and v == "contradicted":
+        v = (f"inconclusive (REINFORCE censored in {rc_}/{S} seeds: the speed-up is a lower "
+             "bound)")
+    elif rc_ and not gc_:
+        v += f" (REINFORCE censored in {rc_}/{S} seeds at T: a lower bound)"
+    elif rc_ or gc_:
+        v += f" (censored at T: REINFORCE {rc_}/{S}, GRPO {gc_}/{S} seeds)"
+    gm = [float(np.exp(np.log(x).mean())) for x in (r, g)]
+    return {**e, "verdict": v, "censored": [rc_, gc_], "gm": gm}
 
 
 def run(cfg: ExactConfig, progress: bool = True) -> dict:
@@ -69,19 +113,20 @@ def run(cfg: ExactConfig, progress: bool = True) -> dict:
         label = "uniform" if init is None else f"pi0={init:g}"
         speed[label] = {}
         for h in (0.9, 0.99):
-            r = _steps_summary(results[(init, "reinforce")].steps_to[h])
-            g = _steps_summary(results[(init, "grpo")].steps_to[h])
-            ratio = r["median"] / g["median"] if r["median"] and g["median"] else None
-            speed[label][str(h)] = {"reinforce": r, "grpo": g, "speedup": ratio}
+            rs, gs = (results[(init, m)].steps_to[h] for m in ("reinforce", "grpo"))
+            r, g = _steps_summary(rs), _steps_summary(gs)
+            sp = speedup(rs, gs, cfg.T)
+            speed[label][str(h)] = {"reinforce": r, "grpo": g, **sp}
             rows.append([label, h, r["median"] if r["median"] is not None else
                          f"not reached ({r['reached']}/{r['of']})",
                          g["median"] if g["median"] is not None else
                          f"not reached ({g['reached']}/{g['of']})",
-                         f"{ratio:.2f}x" if ratio else "-",
+                         sp["text"], sp["verdict"],
                          float(results[(init, "reinforce")].C.mean()),
                          float(results[(init, "grpo")].C.mean())])
     header = ["init", "target mean π*", "REINFORCE steps (median)", "GRPO steps (median)",
-              "speed-up", "C(n,T) REINFORCE", "C(n,T) GRPO"]
+              "speed-up (geometric mean, 95% CI)", "verdict", "C(n,T) REINFORCE",
+              "C(n,T) GRPO"]
     table = (f"n={cfg.n}, K={cfg.K}, T={cfg.T}, {cfg.seeds} seeds, "
              f"eta_reinforce={etas['reinforce']:.4g}, eta_grpo={etas['grpo']:.4g}\n\n"
              + markdown_table(header, rows))
@@ -116,11 +161,11 @@ def run(cfg: ExactConfig, progress: bool = True) -> dict:
         for method in ("reinforce", "grpo"):
             res = results[(init, method)]
             plotting.band(ax, res.t, res.mean_pi, f"{method} (η={etas[method]:.3g})",
-                         plotting.color(method))
+                          plotting.color(method), lo_hi="ci")
         ax.axhline(0.9, color="k", lw=0.6, ls=":")
         ax.axhline(0.99, color="k", lw=0.6, ls=":")
         ax.set_xlabel("step")
-        ax.set_ylabel("mean π* over questions")
+        ax.set_ylabel(f"mean π* over questions (95% CI, {cfg.seeds} seeds)")
         ax.set_title("uniform init" if init is None else f"initial π* = {init:g}", fontsize=9)
         ax.set_xscale("symlog", linthresh=cfg.n)
         ax.set_xlim(0, cfg.T)
@@ -149,16 +194,19 @@ PROFILES = {
 
 
 def report_rows(s: dict) -> list[list]:
-    """Paper-vs-ours rows: steps to each target, speed-up, C(n,T)."""
+    """Paper-vs-ours rows: steps to each target and the speed-up over seeds, C(n,T)."""
     rows = []
     for init, per in s["speedup"].items():
         for h, d in per.items():
-            sp = d["speedup"]
-            verdict = ("reproduced (GRPO faster)" if sp and sp > 1 else
-                       "differs (GRPO not faster)" if sp else "not reached within T")
-            rows.append([f"steps to mean π* ≥ {h}, {init}", "GRPO faster",
-                         f"REINFORCE {fmt(d['reinforce']['median'])} / GRPO "
-                         f"{fmt(d['grpo']['median'])} = {fmt(sp)}×", verdict])
+            if d.get("gm") is None:  # a summary from before per-seed speed-ups
+                continue
+            r, g = d["gm"]
+            rc_, gc_ = d["censored"]
+            steps = (f"REINFORCE {'≥' if rc_ else ''}{r:,.0f} / GRPO {'≥' if gc_ else ''}"
+                     f"{g:,.0f} steps (geometric means) = speed-up {d['text']}" if r
+                     else d["text"])
+            rows.append([f"steps to mean π* ≥ {h}, {init}", "GRPO faster (> 1×)", steps,
+                         d["verdict"]])
     for init, c in s["C"].items():
         rows.append([f"C(n,T), {init}", "→ 0 as prompts become easy",
                      f"GRPO {fmt(c['grpo'])}, REINFORCE {fmt(c['reinforce'])}", "measured"])

@@ -21,10 +21,9 @@ from .. import plotting
 from ..bandit.features import initial_logits, orthogonal_features
 from ..bandit.simulate import simulate_sampled
 from ..diagnostics import bandit_proxy as bp
-from ..diagnostics.correlation import per_step, summarize
 from ..runs import Run, markdown_table
 from .rows import fmt
-from .table1 import PAPER_TABLE1, table1_rows
+from .table1 import PAPER_TABLE1, lag_intervals, table1_rows
 
 PAIRS = {  # name -> (x, y): correlate x[t] with y[t + lag] across questions
     "fisher_proxy vs sampled variance (paper's Table 1)": ("fisher_proxy", "v_hat"),
@@ -81,19 +80,16 @@ def run(cfg: ProxyConfig, progress: bool = True) -> dict:
     data = {k: np.stack(v, axis=1) for k, v in rec.items()}  # (S, T, n)
 
     rows, results = [], {}
-    for name, (xk, yk) in PAIRS.items():
-        results[name] = {}
-        for lag in cfg.lags:
-            if lag >= cfg.T:
-                continue
-            steps = [r for s in range(cfg.seeds)
-                     for r in per_step(data[xk][s], data[yk][s], lag)]
-            pe, sp = summarize(steps, "pearson"), summarize(steps, "spearman")
-            results[name][lag] = {"pearson": pe, "spearman": sp}
-            rows.append([name, lag, pe["mean"], pe["p"], sp["mean"], sp["p"],
+    for name, (xk, yk) in PAIRS.items():  # seeds are the independent replicates (table1)
+        results[name] = lag_intervals(list(data[xk]), list(data[yk]), cfg.lags)
+        for lag, res_lag in results[name].items():
+            pe, sp = res_lag["pearson"], res_lag["spearman"]
+            iv = pe["interval"]
+            ci = "-" if iv["low"] is None else f"[{iv['low']:+.3f}, {iv['high']:+.3f}]"
+            rows.append([name, lag, pe["mean"], ci, iv["p"], sp["mean"],
                          pe["frac_significant"]])
-    header = ["pair", "lag", "mean Pearson", "p", "mean Spearman", "p",
-              "steps with p<0.05 (Pearson)"]
+    header = ["pair", "lag", "mean Pearson", f"95% CI (t over {cfg.seeds} seeds, Fisher z)",
+              "p", "mean Spearman", "steps with p<0.05 (Pearson)"]
     table = (f"{feats.name}, G={cfg.G}, T={cfg.T}, {cfg.seeds} seeds, {cfg.normalizer} "
              f"eta={cfg.eta}, pi0 ~ logU{cfg.pi0_range}. {PAPER_TABLE1} (language model).\n\n"
              + markdown_table(header, rows))
@@ -119,11 +115,15 @@ def run(cfg: ProxyConfig, progress: bool = True) -> dict:
     ax = axes[0][2]
     for name in PAIRS:
         lags = sorted(results[name])
-        ax.plot(lags, [results[name][g]["pearson"]["mean"] for g in lags], marker="o", ms=3,
-                label=name.replace(" (paper's Table 1)", ""))
+        (line,) = ax.plot(lags, [results[name][g]["pearson"]["mean"] for g in lags], marker="o",
+                          ms=3, label=name.replace(" (paper's Table 1)", ""))
+        ivs = [results[name][g]["pearson"]["interval"] for g in lags]
+        if all(iv["low"] is not None for iv in ivs):  # 95% CI over seeds (Fisher z)
+            ax.fill_between(lags, [iv["low"] for iv in ivs], [iv["high"] for iv in ivs],
+                            color=line.get_color(), alpha=0.15, lw=0)
     ax.axhline(0, color="k", lw=0.6)
     ax.set_xlabel("lag (steps)")
-    ax.set_ylabel("mean Pearson across questions")
+    ax.set_ylabel("mean Pearson across questions (95% CI)")
     ax.legend(fontsize=6)
     ax.set_title("Same step vs across steps", fontsize=9)
     plotting.save(fig, out.file("bandit_proxy.png"))
@@ -139,13 +139,16 @@ def run(cfg: ProxyConfig, progress: bool = True) -> dict:
 
 TITLE = "The same proxy in the exact bandit, against the true Hessian"
 PAPER_LINE = "(not in the paper: validates the proxy where the Hessian is known)"
-PROFILES = {"quick": dict(T=40, seeds=3), "cpu": {}, "paper": dict(T=200, seeds=10)}
+PROFILES = {"quick": dict(T=40, seeds=3), "cpu": dict(seeds=8), "paper": dict(T=200, seeds=10)}
 
 
 def report_rows(s: dict) -> list[list]:
     """Paper-vs-ours rows: Table 1 in the bandit, and the exact Hessian against both."""
     corr = s["correlations"]
-    rows = table1_rows(corr[MAIN], "bandit")
+    main = corr[MAIN]
+    lags = sorted(main, key=int)
+    rows = table1_rows(main[lags[0]], [(f"lag {g} step{'s' * (int(g) != 1)}", main[g])
+                                          for g in lags[1:]], "bandit")
     exact = corr["exact Hessian vs exact variance"]
     lag0 = sorted(exact, key=int)[0]
     rows.append(["exact Hessian vs π*(1−π*), same step (bandit only)", "(not measurable)",

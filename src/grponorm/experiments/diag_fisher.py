@@ -48,7 +48,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import plotting
-from ..diagnostics.correlation import lag_table, per_step, summarize
+from ..diagnostics.correlation import per_step, summarize
 from ..diagnostics.fisher import fisher_record, trainer_diagnostic
 from ..rl import trainer
 from ..rl.checkpoint import restore_trainable
@@ -59,7 +59,7 @@ from ..rl.rewards import batch_rewards
 from ..rl.summary import read_metrics
 from ..runs import Run, markdown_table, to_jsonable
 from . import table1
-from .table1 import PAPER, PAPER_TABLE1, table1_rows
+from .table1 import PAPER, PAPER_TABLE1, correlation_entry, lag_intervals, table1_rows
 
 PAIRS = {  # name -> (x, y): correlate x[t] with y[t + lag] across prompts
     "fisher_trace vs sampled variance (paper's Table 1)": ("fisher_trace", "reward_var"),
@@ -156,7 +156,8 @@ def _run_training(cfg: FisherConfig, progress: bool) -> dict:
     steps, data, same = matrices(records)
     T, n = data["fisher_trace"].shape
     lags = [g for g in cfg.lags if g < T] if same else [0]
-    results = {name: lag_table(data[x], data[y], lags) for name, (x, y) in PAIRS.items()}
+    # One run: the measurements are the replicates of the intervals (table1's docstring).
+    results = {name: lag_intervals([data[x]], [data[y]], lags) for name, (x, y) in PAIRS.items()}
     c = cost(records, n, cfg.prompts_per_step)
     where = (f"fixed probe set of {n} training problems, fresh samples every {cfg.diag_every} steps"
              if cfg.diag_probe else f"each step's {n} training groups (same samples as the update)")
@@ -292,9 +293,10 @@ def _run_checkpoints(cfg: FisherConfig, progress: bool) -> dict:
         for cname, pairs in comparisons.items():
             x = np.stack([data[xk][a] for a, _ in pairs])
             y = np.stack([data[yk][b] for _, b in pairs])
-            rows_ = per_step(x, y, 0)
-            results[name][cname] = {"pearson": summarize(rows_, "pearson"),
-                                    "spearman": summarize(rows_, "spearman")}
+            rows_ = per_step(x, y, 0)  # draws reused across pairs: intervals are optimistic
+            results[name][cname] = {k: {**summarize(rows_, k),
+                                        "interval": correlation_entry([rows_], k)}
+                                    for k in ("pearson", "spearman")}
     head = (
         f"{tcfg.model} ({tcfg.dtype}) run {src}: states "
         + ", ".join(f"{lb} (step {st})" for lb, st, _ in states)
@@ -330,25 +332,31 @@ def _paper_cells(which: str) -> list:
     return [PAPER[which]["pearson"], PAPER[which]["p"]]
 
 
+def _ci(pe: dict) -> str:
+    iv = pe.get("interval") or {}
+    return "-" if iv.get("low") is None else f"[{iv['low']:+.3f}, {iv['high']:+.3f}]"
+
+
 def _cells(res: dict | None) -> list:
     if res is None:
-        return [math.nan] * 5
+        return [math.nan] * 6
     pe, sp = res["pearson"], res["spearman"]
-    return [pe["mean"], pe["p"], sp["mean"], sp["p"], pe["steps"]]
+    return [pe["mean"], _ci(pe), pe["interval"]["p"], sp["mean"], sp["p"], pe["steps"]]
 
 
 def _tables(head: str, paper_rows: list, results: dict, every: int | None, c: dict) -> str:
-    t1 = markdown_table(["comparison", "paper Pearson", "paper p", "our mean Pearson", "p",
-                         "our mean Spearman", "p", "steps"], paper_rows)
+    t1 = markdown_table(["comparison", "paper Pearson", "paper p", "our mean Pearson",
+                         "95% CI (t over measurements, Fisher z)", "p", "our mean Spearman",
+                         "p", "measurements"], paper_rows)
     rows = []
     for name, by in results.items():
         for key, res in by.items():
             pe, sp = res["pearson"], res["spearman"]
             lag = key if every is None else f"{key} ({key * every} steps)"
-            rows.append([name, lag, pe["mean"], pe["p"], sp["mean"], sp["p"],
-                         pe["frac_significant"]])
-    t2 = markdown_table(["pair", "lag" if every else "comparison", "mean Pearson", "p",
-                         "mean Spearman", "p", "steps with p<0.05 (Pearson)"], rows)
+            rows.append([name, lag, pe["mean"], _ci(pe), pe["interval"]["p"], sp["mean"],
+                         sp["p"], pe["frac_significant"]])
+    t2 = markdown_table(["pair", "lag" if every else "comparison", "mean Pearson", "95% CI",
+                         "p", "mean Spearman", "p", "steps with p<0.05 (Pearson)"], rows)
     t3 = markdown_table(["cost", "value"], [[k, v] for k, v in c.items()])
     return f"{head}\n\n{PAPER_TABLE1}.\n\n{t1}\n{t2}\n{t3}"
 
@@ -407,6 +415,14 @@ PROFILES = {
 
 def report_rows(s: dict) -> list[list]:
     """Paper-vs-ours rows: Table 1 (same step, across steps) and the diagnostic's cost."""
-    return table1_rows(s["correlations"][MAIN], "language model") + [
+    main = s["correlations"][MAIN]
+    if s.get("mode") == "checkpoints":  # keys: same draw, independent draws, across training
+        keys = list(main)
+        return table1_rows(main[keys[0]], [(keys[-1], main[keys[-1]])], "language model")
+    lags = sorted(main, key=int)
+    every = s.get("steps_measured", [0, 0])
+    every = every[1] - every[0] if len(every) > 1 else 1
+    return table1_rows(main[lags[0]], [(f"lag {g} ({int(g) * every} steps)", main[g])
+                                       for g in lags[1:]], "language model") + [
         ["cost of the diagnostic", "-", f"{s['cost']['ratio']:.2f}x a plain step "
          f"(probe of {s['probe']} prompts)", "measured"]]

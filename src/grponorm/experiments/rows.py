@@ -1,10 +1,102 @@
-"""Helpers for an experiment's paper-vs-ours report rows (``report_rows``)."""
+"""Helpers for an experiment's paper-vs-ours report rows (``report_rows``).
+
+A comparative row shows the difference with its interval, the number of seeds and the verdict of
+``grponorm.stats`` (DESIGN §6). Experiments compute the :class:`~grponorm.stats.Comparison` when
+they run and keep :func:`entry` of it in their summary (plain JSON: the report reads summaries
+back from disk), so ``report_rows`` only formats strings.
+"""
 
 from __future__ import annotations
 
-__all__ = ["fmt"]
+import math
+
+from ..stats import Comparison, RatioComparison
+
+__all__ = ["entry", "fmt", "interval_text", "ratio_entry", "verdict_cell"]
 
 
 def fmt(x, nd: int = 3) -> str:
     """A number for a report cell: ``nd`` significant digits, ``-`` for None."""
     return "-" if x is None else (f"{x:.{nd}g}" if isinstance(x, float) else str(x))
+
+
+def _num(x: float, signed: bool = True, nd: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "nan"
+    s = f"{x:+.{nd}f}" if signed else f"{x:.{nd}g}"
+    return s.replace("-", "\N{MINUS SIGN}")
+
+
+def interval_text(c: Comparison, nd: int = 3, unit: str = "seeds") -> str:
+    """``+0.312 [+0.201, +0.423], n=8 paired`` (no interval with one seed); more decimals
+    (up to 6) when the half-width would otherwise show fewer than two significant digits."""
+    half = (c.high - c.low) / 2 if c.resolvable else 0.0
+    if half > 0:
+        nd = max(nd, min(6, 1 - math.floor(math.log10(half))))
+    kind = "paired" if c.paired else "unpaired"
+    n = f"n={c.n}" if c.paired else f"n={c.sizes[0]}+{c.sizes[1]}"
+    n = n if unit == "seeds" else f"{n} {unit}"
+    if not c.resolvable:
+        return f"{_num(c.diff, nd=nd)}, {n} {kind}"
+    return f"{_num(c.diff, nd=nd)} [{_num(c.low, nd=nd)}, {_num(c.high, nd=nd)}], {n} {kind}"
+
+
+def verdict_cell(c: Comparison, expected_sign: float | None, effect: float | None = None,
+                 unit: str = "seeds", effect_text: str | None = None) -> str:
+    """The verdict column: ``reproduced`` / ``contradicted`` / ``inconclusive (1 seed)`` /
+    ``inconclusive (≈14 seeds would resolve 0.05)``.
+
+    Args:
+        c: The comparison (``a - b``).
+        expected_sign: The paper's direction of ``a - b``; None gives a neutral label
+            (``positive`` / ``negative`` / ``no clear difference``).
+        effect: Effect to resolve when inconclusive (on ``c``'s scale); default ``|diff|``.
+        unit: What the replicates are called (seeds, measurements).
+        effect_text: How to print the effect (default: the number).
+    """
+    if not c.resolvable:
+        one = unit[:-1] if unit.endswith("s") and c.n == 1 else unit
+        return f"inconclusive ({c.n} {one})"
+    if expected_sign is None:
+        label = "positive" if c.low > 0 else "negative" if c.high < 0 else "no clear difference"
+        if label != "no clear difference":
+            return label
+    else:
+        label = c.verdict(expected_sign)
+        if label != "inconclusive":
+            return label
+    target = abs(c.diff) if effect is None else abs(float(effect))
+    what = effect_text if effect_text is not None else _num(target, signed=False)
+    if effect is not None and -target < c.low and c.high < target:
+        return f"{label} (interval excludes ±{what}: any effect is smaller)"
+    needed = c.seeds_needed(target) if target > 0 else None
+    if needed is None:
+        return label
+    return f"{label} (≈{needed} {unit} would resolve {what})"
+
+
+def entry(c: Comparison, expected_sign: float | None, effect: float | None = None,
+          unit: str = "seeds") -> dict:
+    """JSON-ready record of a comparison: its numbers, ``text`` and ``verdict`` cells."""
+    nan_none = {k: (None if isinstance(v, float) and math.isnan(v) else v)
+                for k, v in (("diff", c.diff), ("low", c.low), ("high", c.high), ("p", c.p),
+                             ("sd", c.sd))}
+    return {**nan_none, "n": c.n, "paired": c.paired, "text": interval_text(c, unit=unit),
+            "verdict": verdict_cell(c, expected_sign, effect, unit)}
+
+
+def ratio_entry(rc: RatioComparison, expected_sign: float = 1.0) -> dict:
+    """JSON-ready record of a ratio (speed-up): ``1.25× [1.10, 1.42], n=10 paired``."""
+    log = rc.log
+    n = f"n={log.n} {'paired' if log.paired else 'unpaired'}"
+    if log.resolvable:
+        text = f"{_num(rc.ratio, False)}× [{_num(rc.low, False)}, {_num(rc.high, False)}], {n}"
+        needed = rc.seeds_needed(rc.ratio) if rc.ratio != 1 else None
+        verdict = rc.verdict(expected_sign)
+        if verdict == "inconclusive" and needed is not None:
+            verdict += f" (≈{needed} seeds would resolve {_num(rc.ratio, False)}×)"
+    else:
+        text, verdict = f"{_num(rc.ratio, False)}×, {n}", f"inconclusive ({log.n} seed)"
+    return {"ratio": rc.ratio, "low": None if math.isnan(rc.low) else rc.low,
+            "high": None if math.isnan(rc.high) else rc.high, "n": log.n, "p": (
+                None if math.isnan(log.p) else log.p), "text": text, "verdict": verdict}

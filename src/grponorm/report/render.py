@@ -14,7 +14,7 @@ h1{font-size:1.6em} h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-t
 table{border-collapse:collapse;margin:.8em 0;font-size:.9em}
 td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left} th{background:#f3f3f3}
 img{max-width:100%;border:1px solid #eee} .meta{color:#555;font-size:.9em}
-.bad{color:#b00020;font-weight:bold} .ok{color:#0a7d28} pre{background:#f7f7f7;padding:.6em;
+.bad{color:#b00020;font-weight:bold} .ok{color:#0a7d28} .neutral{color:#666} pre{background:#f7f7f7;padding:.6em;
 overflow-x:auto;font-size:.8em}
 """
 HEADER = ["quantity", "paper", "ours", "verdict"]
@@ -29,8 +29,12 @@ def _figures(summary: dict) -> list[Path]:
 
 
 def _verdict_class(v: str) -> str:
+    """CSS class of a verdict cell: contradicted / differs / violated are bad, inconclusive is
+    neutral (grey), reproduced and measured are ok."""
     v = v.lower()
-    return "bad" if ("differs" in v or "violated" in v) else "ok"
+    if any(w in v for w in ("contradicted", "differs", "violated")):
+        return "bad"
+    return "neutral" if "inconclusive" in v else "ok"
 
 
 def _html_table(rows: list[list], lead: list[str] = ()) -> str:
