@@ -2,7 +2,7 @@
 
     python benchmarks/bench_step.py [--engines decode,generate] [--prompts 4] [--G 8]
         [--max-new-tokens 12] [--steps 6] [--warmup 2] [--dtype bfloat16] [--threads 0]
-        [--out results.json]
+        [--no-trl-backend] [--out results.json]
 
 Both sides train the embedded SmolLM2-135M-Instruct (loaded offline from its GGUF) with LoRA
 r=16, alpha=32 on q/k/v/o, G completions for each of `--prompts` prompts per step (sampling at
@@ -15,6 +15,10 @@ order (shuffle_dataset=False), as plain chat-formatted strings (TRL does not tem
 The first `--warmup` steps are untimed; the means are over the next `--steps` steps.
     grponorm (decode)    `trainer.run(rollout="decode")`: the own decode loop
     grponorm (generate)  `trainer.run(rollout="generate")`: transformers' `generate`
+    grponorm --backend trl  `rl_train.run(backend="trl")`: the same TrainConfig through
+                         `grponorm.integrations.trl_backend` (NormalizedGRPOTrainer, TRL's
+                         `generate`), timed by the backend's own records (same window as the
+                         TRL row: `on_step_begin` to `on_step_end`, rollout = `_generate`)
     TRL GRPOTrainer      `trl.GRPOTrainer` with transformers' `generate` (no vLLM); a step is
                          timed from `on_step_begin` to `on_step_end` (generation, rewards,
                          loss, backward, clip, optimizer), its rollout by wrapping `_generate`
@@ -63,14 +67,15 @@ from grponorm.rl.summary import read_metrics  # noqa: E402
 LORA_R, LORA_ALPHA, LORA_TARGETS = 16, 32.0, ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
-def train_config(args, engine: str, run_dir: str = "") -> TrainConfig:
+def train_config(args, engine: str, run_dir: str = "", backend: str = "native") -> TrainConfig:
     return TrainConfig(
         model="embedded", dtype=args.dtype, lora_r=LORA_R, lora_alpha=LORA_ALPHA,
         lora_targets=LORA_TARGETS, levels=["add1", "mul1"], n_train=args.pool, n_eval=0,
         G=args.G, prompts_per_step=args.prompts, steps=args.warmup + args.steps, lr=args.lr,
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=1.0,
         loss_agg="seq_mean", kl_coef=0.0, clip_eps=0.2, updates_per_batch=1, rollout=engine,
-        eval_every=0, checkpoint_every=0, threads=args.threads, seed=args.seed, run_dir=run_dir)
+        eval_every=0, checkpoint_every=0, threads=args.threads, seed=args.seed, run_dir=run_dir,
+        backend=backend)
 
 
 def mean(xs) -> float:
@@ -93,6 +98,22 @@ def bench_grponorm(args, engine: str, tmp: str) -> dict:
         return mean(r[key] for r in recs)
 
     return result(f"grponorm ({engine})", args, avg("time_step"), avg("time_generate"),
+                  avg("acc"), avg("completion_len_mean"), forward_s=avg("time_forward"),
+                  backward_s=avg("time_backward"), other_s=avg("time_other"))
+
+
+def bench_trl_backend(args, tmp: str) -> dict:
+    """`grponorm rl train --backend trl` with the native rows' settings (TRL's generate)."""
+    from grponorm.experiments import rl_train
+
+    run_dir = Path(tmp) / "grponorm-trl-backend"
+    rl_train.run(train_config(args, "decode", str(run_dir), backend="trl"), progress=False)
+    recs = read_metrics(run_dir)[args.warmup:]
+
+    def avg(key):
+        return mean(r[key] for r in recs)
+
+    return result("grponorm --backend trl", args, avg("time_step"), avg("time_generate"),
                   avg("acc"), avg("completion_len_mean"), forward_s=avg("time_forward"),
                   backward_s=avg("time_backward"), other_s=avg("time_other"))
 
@@ -190,6 +211,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     ap.add_argument("--trl-autocast", action="store_true", help="TRL with bf16=True (autocast)")
+    ap.add_argument("--no-trl-backend", action="store_true",
+                    help="skip the `grponorm --backend trl` row")
     ap.add_argument("--out", default="", help="write the results as JSON here")
     args = ap.parse_args()
     hf_logging.disable_progress_bar()  # no "Loading weights" bars
@@ -211,14 +234,16 @@ def main() -> None:
         if versions["trl"] == "missing":
             print("trl is not installed: pip install 'grponorm[bench]' (grponorm rows only)")
         else:
+            if not args.no_trl_backend:
+                results.append(bench_trl_backend(args, tmp))
             results.append(bench_trl(args, tmp))
     trl = next((r for r in results if r["path"].startswith("TRL")), None)
-    print(f"{'path':22s} {'s/step':>7s} {'samples/s':>9s} {'gen s':>6s} {'outside':>7s} "
+    print(f"{'path':24s} {'s/step':>7s} {'samples/s':>9s} {'gen s':>6s} {'outside':>7s} "
           f"{'len':>5s} {'acc':>5s} {'vs TRL':>7s}")
     for r in results:
         ratio = f"{r['samples_per_s'] / trl['samples_per_s']:6.2f}x" if trl else "-"
         r["vs_trl"] = r["samples_per_s"] / trl["samples_per_s"] if trl else None
-        print(f"{r['path']:22s} {r['s_per_step']:7.2f} {r['samples_per_s']:9.1f} "
+        print(f"{r['path']:24s} {r['s_per_step']:7.2f} {r['samples_per_s']:9.1f} "
               f"{r['gen_s']:6.2f} {r['outside_rollout_share']:7.0%} {r['completion_len']:5.1f} "
               f"{r['acc']:5.2f} {ratio:>7s}")
     for r in results:

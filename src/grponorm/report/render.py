@@ -14,8 +14,8 @@ h1{font-size:1.6em} h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-t
 table{border-collapse:collapse;margin:.8em 0;font-size:.9em}
 td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left} th{background:#f3f3f3}
 img{max-width:100%;border:1px solid #eee} .meta{color:#555;font-size:.9em}
-.bad{color:#b00020;font-weight:bold} .ok{color:#0a7d28} .neutral{color:#666} pre{background:#f7f7f7;padding:.6em;
-overflow-x:auto;font-size:.8em}
+.bad{color:#b00020;font-weight:bold} .ok{color:#0a7d28} .neutral{color:#666}
+pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:.8em}
 """
 HEADER = ["quantity", "paper", "ours", "verdict"]
 
