@@ -90,18 +90,18 @@ def test_grid_sweeps_resume_and_paired_comparisons(tiny_policy_dir, tmp_path, mo
         assert r["verdict"] in ("reproduced", "contradicted", "inconclusive")
     tuned = [r for r in summary["comparisons"] if r["what"].startswith("tuned LR (sgd")]
     assert tuned and tuned[0]["n"] == 1  # one sweep seed
+    assert {r["slice"] for r in summary["comparisons"] if "tuned" in r["what"]} == {"hard"}
 
 
-def test_reproduce_resumes_an_unfinished_grid(tmp_path):
-    from grponorm.report.reproduce import _unfinished_run
+def test_reproduce_resumes_the_newest_grid(tmp_path):
+    from grponorm.report.reproduce import _previous_run
 
-    done, killed = tmp_path / "rl_compare" / "20260101-000000", tmp_path / "rl_compare" / "b"
-    for d in (done, killed):
+    old, new = tmp_path / "rl_compare" / "20260101-000000", tmp_path / "rl_compare" / "20260102"
+    for d in (old, new):
         d.mkdir(parents=True)
         (d / "config.json").write_text("{}")
-    (done / "summary.json").write_text("{}")
-    assert _unfinished_run(tmp_path) == killed
-    assert _unfinished_run(tmp_path / "nothing") is None
+    assert _previous_run(tmp_path) == new
+    assert _previous_run(tmp_path / "nothing") is None
 
 
 def test_smooth():

@@ -212,7 +212,7 @@ def _finish(cfg: CompareConfig, out: Run, points: dict, curves: dict, spread) ->
         if cfg.optimizer == "sgd":
             sweeps["sgd"] = sorted({cfg.lr, *sweeps["sgd"]})
         rows = comparisons(points, cfg.slices, arms, (cfg.optimizer, cfg.lr),
-                           {k: v for k, v in sweeps.items() if v})
+                           {k: v for k, v in sweeps.items() if v}, cfg.sweep_slices)
         if spread and cfg.task == "arithmetic":
             pool, _ = build_problems(train_config(cfg, arms[0], "all", 0, out.path))
             questions = {p.id: p.question for p in pool}
@@ -292,8 +292,10 @@ def report_rows(s: dict) -> list[list]:
                 if c["mean_a"] is not None else c["text"])
         rows.append([f"{c['slice'].capitalize()}: {label}, {c['what']}", ref, ours,
                      c["verdict"] if c["n"] > 1 else "inconclusive (1 seed)"])
+    direction = {"reproduced": "Std ahead here", "contradicted": "Std behind here"}
     for c in s.get("bins", []):
         rows.append([f"{c['slice'].capitalize()}: {c['what']} ({c['prompts']} prompt-steps)",
-                     "benefit smallest near 50%", c["text"], c["verdict"] if c["n"] > 1
+                     "benefit smallest near 50%", c["text"],
+                     direction.get(c["verdict"], "inconclusive") if c["n"] > 1
                      else "inconclusive (1 seed)"])
     return rows

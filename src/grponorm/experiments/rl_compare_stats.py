@@ -62,13 +62,13 @@ def tuned_lr(points: dict, slice_: str, norm: str, opt: str, lrs: list) -> float
 
 
 def comparisons(points: dict, slices: list, arms: tuple, shared: tuple,
-                sweeps: dict[str, list]) -> list[dict]:
+                sweeps: dict[str, list], sweep_slices: list) -> list[dict]:
     """Std (``arms[0]``) minus No-Std (``arms[1]``), paired by seed.
 
     Args:
         points: ``slice/norm/opt/lrX`` -> per-seed run summaries.
         shared: ``(optimizer, lr)`` of the main grid.
-        sweeps: optimizer -> the LRs swept with it (on the slices that have them).
+        sweeps: optimizer -> the LRs swept with it, on ``sweep_slices``.
     """
     a, b = arms
     opt0, lr0 = shared
@@ -79,7 +79,7 @@ def comparisons(points: dict, slices: list, arms: tuple, shared: tuple,
             if xa:
                 rows.append(_row(f"shared LR ({opt0}, {lr0:g})", s, metric, xa, xb,
                                  {"optimizer": opt0, "lr_a": lr0, "lr_b": lr0}))
-        for opt, lrs in sweeps.items():
+        for opt, lrs in (sweeps.items() if s in sweep_slices else ()):
             la, lb = tuned_lr(points, s, a, opt, lrs), tuned_lr(points, s, b, opt, lrs)
             if la is None or lb is None or len(lrs) < 2 and opt == opt0:
                 continue

@@ -49,11 +49,12 @@ def _config(exp: Experiment, profile: str, out: Path, extra: dict | None = None)
     return mod, cls(**{**overrides, "out": str(out)})
 
 
-def _unfinished_run(folder: Path) -> Path | None:
-    """The newest run folder under ``folder`` that was started but never finished (a killed
-    session): ``<folder>/<experiment>/<stamp>/`` with ``config.json`` and no ``summary.json``."""
-    started = [p.parent for p in folder.glob("*/*/config.json")
-               if not (p.parent / "summary.json").exists()]
+def _previous_run(folder: Path) -> Path | None:
+    """The newest run folder under ``folder`` (``<folder>/<experiment>/<stamp>/config.json``)
+    of an experiment that never recorded ``done.json``: a killed session, or one killed after
+    the experiment finished. A resumable experiment continues it (finished parts are reused);
+    ``--force`` starts afresh."""
+    started = [p.parent for p in folder.glob("*/*/config.json")]
     return max(started, key=lambda p: p.name) if started else None
 
 
@@ -71,10 +72,10 @@ def run_one(exp: Experiment, profile: str, out: Path, progress: bool, force: boo
         mod, cfg = _config(exp, profile, folder, extra)
     except ImportError as exc:
         return {"eid": exp.eid, "status": "unavailable", "reason": str(exc)}
-    unfinished = _unfinished_run(folder)
-    if unfinished is not None and not force and hasattr(cfg, "resume"):
-        print(f"[reproduce] {exp.eid}: resuming {unfinished}", file=sys.stderr)
-        cfg = dataclasses.replace(cfg, resume=str(unfinished))  # finished runs are skipped
+    previous = _previous_run(folder)
+    if previous is not None and not force and hasattr(cfg, "resume"):
+        print(f"[reproduce] {exp.eid}: resuming {previous}", file=sys.stderr)
+        cfg = dataclasses.replace(cfg, resume=str(previous))  # finished runs are skipped
     t0 = time.time()
     summary = mod.run(cfg, progress=progress)
     rec = {"eid": exp.eid, "status": "done", "profile": profile, "summary": summary,
