@@ -27,7 +27,7 @@ from ..rl.problems import (
 )
 from ..runs import Run
 
-__all__ = ["histogram_entry", "measure_spread"]
+__all__ = ["histogram_entry", "histogram_figure", "measure_spread"]
 
 #: Questions per candidate level when spread_n is 0 (all questions are measured for the slices).
 CANDIDATE_QUESTIONS = 64
@@ -80,15 +80,20 @@ def measure_spread(base: TrainConfig, slices: list[str], levels: list[str], spre
         lv_pool = distinct_questions(lv_pool, spread_n or CANDIDATE_QUESTIONS)
         rates = _rates(base, policy, lv_pool, progress)
         result["levels"][lv] = histogram_entry(list(rates.values()), k)
-    _figure(result, k, out)
+    histogram_figure(result, k, out)
     return result
 
 
-def _figure(result: dict, k: int, out: Run) -> None:
+def histogram_figure(result: dict, k: int, out: Run) -> None:
+    """``success_hist.png``: one panel per slice and candidate level (4 per row)."""
     panels = [(f"slice {s}", v) for s, v in result["slices"].items()]
     panels += [(f"level {lv}", v) for lv, v in result["levels"].items()]
-    fig, axes = plotting.subplots(1, len(panels), w=3.4, h=3.0)
-    for ax, (name, v) in zip(axes[0], panels, strict=True):
+    ncols = min(4, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plotting.subplots(nrows, ncols, w=3.4, h=3.0)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (name, v) in zip(axes.flat, panels, strict=False):
         ax.bar(range(k + 1), v["hist"], color="tab:gray")
         ax.set_xlabel(f"correct of {k} samples")
         ax.set_ylabel("questions")
