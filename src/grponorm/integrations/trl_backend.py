@@ -57,7 +57,7 @@ from ..rl.config import TrainConfig, parse_options
 from ..rl.policy import load_policy
 from ..rl.problems import build_problems, select_problems, step_indices
 from ..rl.rewards import correctness_reward
-from ..rl.summary import summarize, summary_table
+from ..rl.summary import reward_fields, summarize, summary_table
 from ..rl.trainer import evaluate, log_line, seed_everything
 from ..runs import Run, to_jsonable
 
@@ -396,18 +396,9 @@ def _make_callback(cfg: TrainConfig, out: Run, policy, pool, held, held_prompts,
                 raise RuntimeError(f"step {step}: TRL sampled problems {problems}, the native "
                                    f"order is {expected} (did TRL's sampler change?)")
             rewards = batch["rewards"].view(-1, G)  # (prompts, G)
-            per_prompt = rewards.mean(dim=1).tolist()
             logs = self.logs
-            rec: dict[str, Any] = {
-                "kind": "train",
-                "step": step,
-                "reward_mean": float(rewards.mean()),
-                "acc": float((rewards == 1).float().mean()),
-            }
-            for name in ("easy", "hard"):
-                rec[f"acc_{name}"] = _mean(
-                    [a for a, pid in zip(per_prompt, problems, strict=True)
-                     if labels[pid] == name])
+            rec: dict[str, Any] = {"kind": "train", "step": step,
+                                   **reward_fields(rewards, problems, labels)}
             rec.update({k: v for k, v in batch["stats"].as_dict().items() if k != "n_groups"})
             rec["kl"] = _mean(x.get("kl") for x in logs) or 0.0  # TRL logs kl only when beta>0
             rec["clip_frac"] = _mean(x.get("clip_ratio/region_mean") for x in logs) or 0.0

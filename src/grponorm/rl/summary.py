@@ -15,6 +15,7 @@ __all__ = [
     "SUMMARY_WINDOW",
     "TIMING_FIELDS",
     "read_metrics",
+    "reward_fields",
     "summarize",
     "summary_cells",
     "summary_table",
@@ -36,6 +37,18 @@ TIMING_FIELDS = (
 )
 #: Steps averaged for the start/end training accuracy of a summary.
 SUMMARY_WINDOW = 5
+
+
+def reward_fields(rewards, problem_ids: list[str], labels: dict[str, str]) -> dict:
+    """The reward part of a ``kind="train"`` record (native and TRL backends alike):
+    ``reward_mean``, ``acc`` and the accuracy of each slice's prompts (``acc_easy``,
+    ``acc_hard``; None when the step drew none). ``rewards``: ``(prompts, G)`` tensor."""
+    per_prompt = rewards.mean(dim=1).tolist()  # (prompts,)
+    rec = {"reward_mean": float(rewards.mean()), "acc": float((rewards == 1).float().mean())}
+    for name in ("easy", "hard"):
+        accs = [a for a, pid in zip(per_prompt, problem_ids, strict=True) if labels[pid] == name]
+        rec[f"acc_{name}"] = float(np.mean(accs)) if accs else None
+    return rec
 
 
 def read_metrics(run_dir: str | Path, kind: str | None = "train") -> list[dict]:

@@ -45,7 +45,7 @@ from .policy import Policy, load_policy
 from .problems import build_problems, select_problems, step_indices, step_seed
 from .rewards import batch_rewards
 from .sinks import MetricSinks
-from .summary import read_metrics, summarize, summary_table
+from .summary import read_metrics, reward_fields, summarize, summary_table
 from .update import train_on_batch
 
 __all__ = ["StepDiagnostic", "TrainConfig", "run", "train_step"]
@@ -123,17 +123,8 @@ def train_step(loop: Loop, step: int) -> dict:
     tr = train_on_batch(model, loop.optimizer, batch, adv.reshape(-1), cfg, loop.ref_ctx)
     t_train = time.perf_counter() - t1
     # 7. the record
-    per_prompt = rewards.mean(dim=1).tolist()
-    rec = {
-        "kind": "train",
-        "step": step,
-        "reward_mean": float(rewards.mean()),
-        "acc": float((rewards == 1).float().mean()),
-    }
-    for name in ("easy", "hard"):
-        rec[f"acc_{name}"] = _mean(
-            [a for a, p in zip(per_prompt, problems, strict=True) if loop.labels[p.id] == name]
-        )
+    rec = {"kind": "train", "step": step,
+           **reward_fields(rewards, [p.id for p in problems], loop.labels)}
     rec.update({k: v for k, v in astats.as_dict().items() if k != "n_groups"})
     rec.update(tr)
     rec["completion_len_mean"] = tr["tokens"] / batch.completion_ids.shape[0]
