@@ -45,8 +45,8 @@ class CompareConfig(TrainConfig):
     normalizers: list = field(default_factory=lambda: ["group_std", "none"])  # compared (Std 1st)
     slices: list = field(default_factory=lambda: ["easy", "hard"])  # difficulty slices (panels)
     seeds: list = field(default_factory=lambda: [0])  # training seeds (same for every run)
-    lrs: list = field(default_factory=list)  # AdamW learning-rate sweep on sweep_slices
-    sgd_lrs: list = field(default_factory=list)  # plain-SGD runs on sweep_slices (optimizers)
+    lrs: list[float] = field(default_factory=list)  # AdamW learning-rate sweep on sweep_slices
+    sgd_lrs: list[float] = field(default_factory=list)  # plain-SGD LRs on sweep_slices (optimizers)
     sweep_slices: list = field(default_factory=lambda: ["hard"])  # slices of the sweeps
     sweep_seeds: int = 0  # seeds of the sweeps: the first N of seeds (0 = all)
     bins: list = field(default_factory=lambda: [0.25, 0.5, 0.75])  # base pass-rate bin edges
