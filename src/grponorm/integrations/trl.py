@@ -35,7 +35,13 @@ from typing import Any
 import torch
 from trl import GRPOTrainer
 
-from grponorm.normalizers import AdvantageStats, get_normalizer, normalize, normalize_with_stats
+from grponorm.normalizers import (
+    AdvantageStats,
+    advantage_stats,
+    get_normalizer,
+    normalize,
+    normalize_with_stats,
+)
 
 __all__ = [
     "GatheredAdvantages",
@@ -90,20 +96,6 @@ class GatheredAdvantages:
     group_reward_std: torch.Tensor  # (n_groups,) Bessel std of each group's scored rewards
 
 
-def _stats(adv: torch.Tensor, zero: torch.Tensor) -> AdvantageStats:
-    """AdvantageStats of ``adv`` (n_groups, G) with ``zero`` (n_groups,) marking flat groups."""
-    a = adv.detach().float()
-    n_groups, n_zero = int(zero.numel()), int(zero.sum())
-    return AdvantageStats(
-        n_groups=n_groups,
-        n_zero_variance=n_zero,
-        frac_zero_variance=n_zero / n_groups,
-        adv_mean=float(a.mean()),
-        adv_std=float(a.std(correction=0)),
-        adv_abs_max=float(a.abs().max()),
-    )
-
-
 def _normalize_partial(grouped: torch.Tensor, method: str, options: dict[str, Any]):
     """Registry advantages when some rewards are NaN (unscored) or G < 2.
 
@@ -121,7 +113,8 @@ def _normalize_partial(grouped: torch.Tensor, method: str, options: dict[str, An
             adv[i, scored[i]] = normalize(row, method, **options)[0]
     lo = grouped.nan_to_num(float("inf")).amin(dim=1)  # (n_groups,)
     hi = grouped.nan_to_num(float("-inf")).amax(dim=1)
-    return adv, _stats(adv, ~(hi > lo))
+    flat = ~(hi > lo)  # (n_groups,) all-equal (or unscored) groups
+    return adv, advantage_stats(adv.float(), int(flat.numel()), int(flat.sum()))
 
 
 def _group_reward_std(grouped: torch.Tensor) -> torch.Tensor:

@@ -76,6 +76,7 @@ import numpy as np
 
 from grponorm.normalizers import (
     AdvantageStats,
+    advantage_stats,
     available_normalizers,
     get_normalizer,
     normalize,
@@ -184,21 +185,6 @@ def _put(out: Any, rows: np.ndarray, values: Any) -> None:
     out[torch.as_tensor(rows, device=out.device)] = values
 
 
-def _row_stats(adv: Any, n_groups: int, n_zero: int) -> AdvantageStats:
-    """Batch stats over the ``(bs,)`` per-sequence advantages (one entry per row)."""
-    a = adv if isinstance(adv, np.ndarray) else adv.detach().double().cpu().numpy()
-    a = np.asarray(a, dtype=np.float64)  # (bs,)
-    empty = a.size == 0
-    return AdvantageStats(
-        n_groups=n_groups,
-        n_zero_variance=n_zero,
-        frac_zero_variance=n_zero / n_groups if n_groups else 0.0,
-        adv_mean=0.0 if empty else float(a.mean()),
-        adv_std=0.0 if empty else float(a.std()),
-        adv_abs_max=0.0 if empty else float(np.abs(a).max()),
-    )
-
-
 def _check_finite(scores: Any) -> None:
     finite = np.isfinite(scores) if isinstance(scores, np.ndarray) else scores.isfinite()
     bad = ~finite  # (bs,)
@@ -259,7 +245,8 @@ def normalize_ragged(
         adv, stats = normalize_with_stats(_take(scores, rows), method, **options)  # (k, G)
         _put(out, rows, adv)
         n_zero += stats.n_zero_variance
-    return out, _row_stats(out, n_groups, n_zero)
+    rows_adv = out if isinstance(out, np.ndarray) else out.detach().double().cpu().numpy()
+    return out, advantage_stats(rows_adv, n_groups, n_zero)  # over the (bs,) rows, float64
 
 
 # --------------------------------------------------------------------------------------------

@@ -60,6 +60,7 @@ __all__ = [
     "NORMALIZERS",
     "AdvantageStats",
     "UnknownNormalizerError",
+    "advantage_stats",
     "available_normalizers",
     "get_normalizer",
     "normalize",
@@ -151,17 +152,23 @@ def normalize_with_stats(
 ) -> tuple[Array, AdvantageStats]:
     """Like :func:`normalize`, and also returns :class:`AdvantageStats` for the batch."""
     adv, mask = _apply(rewards, method, options)
-    a = adv.detach() if _is_torch(adv) else adv
+    return adv, advantage_stats(adv, int(mask.shape[0]), int(mask.sum()))
+
+
+def advantage_stats(adv: Any, n_groups: int, n_zero_variance: int) -> AdvantageStats:
+    """:class:`AdvantageStats` of advantage values of any shape (NumPy or torch): mean,
+    population std and largest magnitude over all entries (0 for no entries), with the group
+    counts given. Half-precision tensors are summarized in float32 (their own reductions are too
+    coarse for logging); other dtypes as they are."""
+    a = adv.detach() if _is_torch(adv) else np.asarray(adv, dtype=np.float64)
     if _is_torch(a) and a.dtype.itemsize < 4:
-        a = a.float()  # half-precision reductions are too coarse for logging
-    n_groups = int(mask.shape[0])
-    n_zero = int(mask.sum())
-    stats = AdvantageStats(
+        a = a.float()
+    empty = (a.numel() if _is_torch(a) else a.size) == 0
+    return AdvantageStats(
         n_groups=n_groups,
-        n_zero_variance=n_zero,
-        frac_zero_variance=n_zero / n_groups,
-        adv_mean=float(a.mean()),
-        adv_std=float(_std(a, axis=None, ddof=0).reshape(())),
-        adv_abs_max=float(abs(a).max()),
+        n_zero_variance=n_zero_variance,
+        frac_zero_variance=n_zero_variance / n_groups if n_groups else 0.0,
+        adv_mean=0.0 if empty else float(a.mean()),
+        adv_std=0.0 if empty else float(_std(a, axis=None, ddof=0).reshape(())),
+        adv_abs_max=0.0 if empty else float(abs(a).max()),
     )
-    return adv, stats
