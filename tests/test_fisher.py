@@ -18,6 +18,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from conftest import TINY_TRAIN  # noqa: E402  (tests/conftest.py)
 from grponorm.diagnostics.fisher import (  # noqa: E402
     group_fisher_traces,
     reward_stats,
@@ -168,9 +169,7 @@ def test_group_traces_equal_hand_computation(tiny_policy_dir):
 
 # ------------------------------------------------------------------------------ trainer option
 
-TINY = dict(levels=["add1", "mul1"], n_train=16, n_eval=2, G=4, prompts_per_step=2,
-            max_new_tokens=6, temperature=1.0, lr=5e-3, lora_r=4, lora_alpha=8.0, threads=1,
-            eval_every=2, steps=4, checkpoint_every=2)
+TINY = {**TINY_TRAIN, "eval_every": 2, "steps": 4, "checkpoint_every": 2}
 DIAG_KEYS = {"diag_problems", "fisher_trace", "reward_var", "p_hat", "diag_completion_len"}
 
 

@@ -246,8 +246,8 @@ def _table(cfg: CompareConfig, entries: dict, rows: list, bins: list, spread) ->
                                    entries.items()])
     cmp_header = ["comparison (Std − No-Std, paired by seed)", "slice", "metric",
                   "difference [95% CI], n: verdict"]
-    text += "\n" + markdown_table(cmp_header, [[r["what"], r["slice"], r["metric"], r["text"]]
-                                               for r in rows + bins])
+    text += "\n" + markdown_table(cmp_header, [[r["what"], r["slice"], r["metric"],
+                                                f"{r['text']}: {r['cell']}"] for r in rows + bins])
     if spread:
         hist = [[name, v["n"], v["per_sample_acc"], " ".join(map(str, v["hist"])),
                  v["frac_zero_variance_groups"]]
@@ -290,12 +290,10 @@ def report_rows(s: dict) -> list[list]:
                  else "held-out greedy accuracy, end")
         ours = (f"{c['mean_a']:.3f} vs {c['mean_b']:.3f}; Std − No-Std {c['text']}"
                 if c["mean_a"] is not None else c["text"])
-        rows.append([f"{c['slice'].capitalize()}: {label}, {c['what']}", ref, ours,
-                     c["verdict"] if c["n"] > 1 else "inconclusive (1 seed)"])
+        rows.append([f"{c['slice'].capitalize()}: {label}, {c['what']}", ref, ours, c["cell"]])
     direction = {"reproduced": "Std ahead here", "contradicted": "Std behind here"}
     for c in s.get("bins", []):
+        cell = direction.get(c["verdict"], c["cell"]) if c["n"] > 1 else c["cell"]
         rows.append([f"{c['slice'].capitalize()}: {c['what']} ({c['prompts']} prompt-steps)",
-                     "benefit smallest near 50%", c["text"],
-                     direction.get(c["verdict"], "inconclusive") if c["n"] > 1
-                     else "inconclusive (1 seed)"])
+                     "benefit smallest near 50%", c["text"], cell])
     return rows

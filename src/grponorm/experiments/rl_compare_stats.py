@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..stats import compare
+from .rows import entry
 
 __all__ = ["EXPECTED", "PAPER", "PAPER_EFFECT", "bin_comparisons", "comparisons", "tuned_lr"]
 
@@ -40,14 +41,18 @@ def _paired(points: dict, ka: str, kb: str, metric: str):
 
 
 def _row(what: str, slice_: str, metric: str, a: list, b: list, extra: dict) -> dict:
+    """One comparison: its numbers, ``text`` (interval, n) and ``cell`` (the verdict column,
+    with the seeds that would resolve the paper's effect), formatted as every experiment's are
+    (``rows.entry``); ``verdict`` is the bare label."""
     c = compare(a, b, paired=True)
     effect = PAPER_EFFECT.get(slice_, 0.03)
+    cells = entry(c, EXPECTED, effect)
     return {"what": what, "slice": slice_, "metric": metric, **extra, "n": c.n,
             "mean_a": float(np.mean(a)) if a else None, "mean_b": float(np.mean(b)) if b else None,
             "diff": c.diff, "low": c.low, "high": c.high, "p": c.p,
             "verdict": c.verdict(EXPECTED), "paper_effect": effect,
             "seeds_needed": c.seeds_needed(effect) if c.n >= 2 else None,
-            "text": c.describe(EXPECTED, effect)}
+            "text": cells["text"], "cell": cells["verdict"]}
 
 
 def tuned_lr(points: dict, slice_: str, norm: str, opt: str, lrs: list) -> float | None:
