@@ -24,7 +24,12 @@ A = np.array([0, 2, 1, 3, 1, 0])
 PI0 = np.array([0.05, 0.2, 0.4, 0.1, 0.02, 0.6])
 
 # Final mean pi* of seeds 0, 1, 2 computed by the simulator before the optimizer option existed
-# (overlap_features(6, 4, 0.3, seed=3) runs dense, orthogonal_features(6, 4, seed=3) fast).
+# (overlap_features(6, 4, 0.3, seed=3) runs dense, orthogonal_features(6, 4, seed=3) fast),
+# recorded on one CPU. The dense path's matmuls go through BLAS, whose kernels (and so the last
+# bits) differ between CPUs: measured 3 ulps apart on AMD EPYC with AVX2 and with AVX-512. The
+# values are therefore compared within REL_TOL (~4,500 ulps); bit-exactness stays where it is a
+# property of one machine (the SGD option against the default, below).
+REL_TOL = 1e-12
 BEFORE = {
     ("overlap", "group_std"): ["0x1.5e7e1af742565p-1", "0x1.0ef4bd0fb9bfcp-1",
                                "0x1.84a02ebb27c85p-1"],
@@ -42,11 +47,12 @@ def _features(kind):
 
 
 @pytest.mark.parametrize("kind,norm", sorted(BEFORE))
-def test_sgd_results_are_bit_identical_to_before(kind, norm):
+def test_sgd_results_match_before(kind, norm):
     z0 = initial_logits(6, 4, A, PI0)
     run = simulate_sampled(_features(kind), A, z0, normalizer=norm, eta=2.0, T=12, G=4,
                            seeds=[0, 1, 2], record_every=4)
-    assert [float(x).hex() for x in run.mean_pi[:, -1]] == BEFORE[(kind, norm)]
+    before = np.array([float.fromhex(h) for h in BEFORE[(kind, norm)]])
+    np.testing.assert_allclose(run.mean_pi[:, -1], before, rtol=REL_TOL, atol=0)
     run_sgd = simulate_sampled(_features(kind), A, z0, normalizer=norm, eta=2.0, T=12, G=4,
                                seeds=[0, 1, 2], record_every=4, optimizer="sgd")
     assert np.array_equal(run.mean_pi, run_sgd.mean_pi)
