@@ -3,6 +3,7 @@ table.md and figures. Shared by every experiment (bandit and language-model alik
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -13,6 +14,35 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "w"):
+    """Open ``path`` for writing so that readers only ever see the old or the whole new file.
+
+    Writes go to ``<path>.tmp``, which is flushed, fsynced and renamed over ``path`` when the
+    block ends; an exception (or a kill) leaves ``path`` untouched and removes the tmp file.
+    ``mode`` is ``"w"`` (text) or ``"wb"`` (bytes). The one atomic writer of the package.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open writes whole files: mode must be 'w' or 'wb'; got {mode!r}")
+    target = Path(path)
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        with open(tmp, mode) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> Path:
+    """Write ``data`` (text or bytes) to ``path`` atomically (:func:`atomic_open`)."""
+    with atomic_open(path, "wb" if isinstance(data, bytes) else "w") as fh:
+        fh.write(data)
+    return Path(path)
 
 
 def to_jsonable(obj):
@@ -71,11 +101,7 @@ class Run:
 
     def write_json(self, name: str, obj) -> Path:
         """Write atomically (tmp file + rename) so an interrupt never leaves half a file."""
-        target = self.file(name)
-        tmp = target.with_suffix(target.suffix + ".tmp")
-        tmp.write_text(json.dumps(to_jsonable(obj), indent=2) + "\n")
-        os.replace(tmp, target)
-        return target
+        return atomic_write(self.file(name), json.dumps(to_jsonable(obj), indent=2) + "\n")
 
     def log(self, record: dict) -> None:
         """Append one JSON line to metrics.jsonl."""
@@ -83,9 +109,8 @@ class Run:
             fh.write(json.dumps(to_jsonable(record)) + "\n")
 
     def write_text(self, name: str, text: str) -> Path:
-        target = self.file(name)
-        target.write_text(text)
-        return target
+        """Write a text file of the run folder atomically."""
+        return atomic_write(self.file(name), text)
 
     def finish(self, summary: dict) -> Path:
         summary = {**summary, "wall_time_s": round(time.time() - self._t0, 3)}

@@ -8,14 +8,13 @@ leaves the previous checkpoint intact; ``resume`` drops metric lines written aft
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..runs import Run, environment
+from ..runs import Run, atomic_open, atomic_write, environment
 from .config import TrainConfig, load_saved_config
 
 __all__ = [
@@ -50,17 +49,9 @@ def save_checkpoint(path: Path, model, optimizer, step: int, extra: dict) -> Non
         "data_position": extra.get("data_position"),
         "extra": extra,
     }
-    target = path / CHECKPOINT
-    tmp = path / (CHECKPOINT + ".tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_open(path / CHECKPOINT, "wb") as fh:
         torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, target)
-    info = path / "checkpoint.json"
-    info_tmp = path / "checkpoint.json.tmp"
-    info_tmp.write_text(json.dumps({"step": step, "file": CHECKPOINT}) + "\n")
-    os.replace(info_tmp, info)
+    atomic_write(path / "checkpoint.json", json.dumps({"step": step, "file": CHECKPOINT}) + "\n")
 
 
 def restore_trainable(model, trainable: dict[str, torch.Tensor]) -> None:
@@ -99,9 +90,7 @@ def truncate_metrics(file: Path, last_step: int) -> None:
             continue  # a line cut by the kill
         if rec.get("step", 0) <= last_step:
             keep.append(line)
-    tmp = file.with_suffix(".tmp")
-    tmp.write_text("".join(x + "\n" for x in keep))
-    os.replace(tmp, file)
+    atomic_write(file, "".join(x + "\n" for x in keep))
 
 
 def open_run(cfg: TrainConfig) -> tuple[TrainConfig, Run | None, bool]:

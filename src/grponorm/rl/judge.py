@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..runs import atomic_write
 from .data import Problem
 from .models import chat_prompt
 
@@ -81,9 +81,7 @@ def judge_difficulty(problems: list[Problem], engine, tokenizer, *, judge_model:
             verdicts[p.id] = parse_verdict(text)
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"judge_model": judge_model, "verdicts": verdicts}))
-        os.replace(tmp, cache_file)
+        atomic_write(cache_file, json.dumps({"judge_model": judge_model, "verdicts": verdicts}))
     return verdicts
 
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..runs import atomic_write
 from . import data as rl_data
 from .config import TrainConfig
 from .judge import judge_difficulty, split_by_verdict
@@ -122,8 +122,8 @@ def measure_pass_rates(
             rates[p.id] = sum(r[i * k : (i + 1) * k]) / k
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp")
-        tmp.write_text(
+        atomic_write(
+            cache_file,
             json.dumps(
                 {
                     "k": k,
@@ -131,9 +131,8 @@ def measure_pass_rates(
                     "max_new_tokens": max_new_tokens,
                     "pass_rates": rates,
                 }
-            )
+            ),
         )
-        os.replace(tmp, cache_file)
     return rates
 
 
