@@ -8,6 +8,7 @@ import logging
 import re
 import sys
 import types
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -31,12 +32,24 @@ from grponorm.rl.data import (
     problem_messages,
     read_gsm8k_jsonl,
     reasoning_steps,
-    slice_sizes,
     split_by_pass_rate,
     split_by_steps,
-    step_histogram,
 )
 from grponorm.rl.rewards import correctness_reward
+
+
+def slice_sizes(slices) -> dict[str, int]:
+    """Problems per slice, plus "total"."""
+    sizes = {name: len(items) for name, items in slices.items()}
+    return {**sizes, "total": sum(sizes.values())}
+
+
+def step_histogram(problems, cap: int = 6) -> dict[str, int]:
+    """Problems per number of reasoning steps (meta n_steps, else the solution), cap pooled."""
+    counts = Counter(min(int(p.meta["n_steps"]) if "n_steps" in p.meta
+                         else reasoning_steps(p.solution), cap) for p in problems)
+    return {(f"{k}+" if k == cap else str(k)): counts[k] for k in sorted(counts)}
+
 
 REAL_GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
 needs_real_gsm8k = pytest.mark.skipif(
@@ -244,7 +257,7 @@ def test_real_gsm8k_sizes(real_train):
 @needs_real_gsm8k
 def test_real_gsm8k_step_histogram(real_train):
     problems, _ = real_train
-    # Non-empty lines before '####'. DESIGN.md's 2:1960, 4:1660, 5:954, 6+:750 counts raw
+    # Non-empty lines before '####'. The design notes' 2:1960, 4:1660, 5:954, 6+:750 counts raw
     # lines: three solutions contain one blank line each, which moves them up one step.
     assert step_histogram(problems) == {"2": 1961, "3": 2149, "4": 1659, "5": 955, "6+": 749}
     raw = step_histogram(

@@ -72,7 +72,7 @@ def _ids(tok, text="what is 2 + 3 ?"):
 def test_config_defaults_and_validation(monkeypatch, tmp_path):
     monkeypatch.setenv("GRPONORM_CACHE", str(tmp_path / "c"))
     cfg = ModelConfig()
-    assert cfg.model == "embedded" and cfg.dtype == "float32"
+    assert cfg.model == "embedded" and cfg.dtype == "auto"
     assert cfg.lora_targets == ("q_proj", "k_proj", "v_proj", "o_proj")
     assert cfg.cache_dir == str(tmp_path / "c")
     json.dumps(dataclasses.asdict(cfg))

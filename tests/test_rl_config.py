@@ -26,7 +26,11 @@ def test_parse_options_and_validation():
         (dict(normalizer="nope"), "unknown normalizer"),
         (dict(normalizer_options="bogus=1"), "bad option"),
         (dict(levels=["add9"]), "unknown arithmetic level"),
-        (dict(task="gsm8k"), "slice_by=level"),
+        (dict(task="gsm8k", slice_by="level"), "slice_by=level"),
+        (dict(G=1), "G=1: every group is a single completion"),
+        (dict(slice_by="difficulty"), "slice_by must be one of"),
+        (dict(backend="jax"), "backend must be one of"),
+        (dict(diagnostics="hessian"), "diagnostics must be one of"),
         (dict(slice="medium"), "slice"),
         (dict(loss_agg="mean"), "loss_agg"),
         (dict(G=0), "G must be"),
@@ -39,6 +43,31 @@ def test_parse_options_and_validation():
     ]:
         with pytest.raises(ValueError, match=msg):
             TrainConfig(**kw).validate()
+
+
+def test_slice_rule_follows_the_task():
+    assert TrainConfig().slice_by == "level"  # arithmetic problems carry their level
+    assert TrainConfig(task="gsm8k").slice_by == "steps"  # GSM8K solutions carry their steps
+    assert TrainConfig(task="gsm8k", slice_by="pass_rate").slice_by == "pass_rate"
+    TrainConfig(task="gsm8k").validate()
+
+
+def test_literal_fields_are_the_choice_tables():
+    from grponorm.rl import choices
+    from grponorm.rl.config import literal_fields
+
+    table = literal_fields(TrainConfig)
+    assert table["slice"] == choices.SLICES == ("all", "easy", "hard")
+    assert table["backend"] == choices.BACKENDS and table["rollout"] == choices.ROLLOUTS
+    assert table["diagnostics"] == choices.DIAGNOSTICS and "slice_by" in table
+
+
+def test_cli_offers_only_the_choices(capsys):
+    from grponorm import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["rl", "train", "--slice", "medium"])
+    assert "invalid choice: 'medium'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("cls", [CompareConfig, FisherConfig])
@@ -74,6 +103,7 @@ def test_saved_config_round_trip(tmp_path):
     run = Run.create(tmp_path, "rl_compare", cfg)
     back = load_saved_config(run.path, CompareConfig)
     assert back == cfg and isinstance(back.lora_targets, tuple)
-    assert load_saved_config(run.path).steps == 7  # as a plain TrainConfig
+    with pytest.raises(ValueError, match=r"settings \[.*'normalizers'.*\] are not TrainConfig"):
+        load_saved_config(run.path)  # a compare folder is not one run: refused, never trimmed
     with pytest.raises(FileNotFoundError, match="cannot resume"):
         load_saved_config(tmp_path / "nowhere")

@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import inspect
 import re
+import typing
 
 _FIELD_DOC = re.compile(r"^\s+(\w+)\s*:[^#]*#\s*(.+)$")
 
@@ -77,6 +78,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, skip=()) -> None:
     """Add one flag per field of dataclass `cls` (defaults from a fresh instance)."""
     docs = field_docs(cls)
     inst = cls()
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
@@ -99,9 +101,12 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, skip=()) -> None:
         else:
             kind = _scalar_parser(ann, default)
             none_ok = default is None or "None" in ann
+            hint = hints.get(f.name)
+            choices = (typing.get_args(hint) if typing.get_origin(hint) is typing.Literal
+                       else None)  # a Literal field offers exactly its values
             parser.add_argument(flag, dest=f.name,
                                 type=lambda s, k=kind, ok=none_ok: _parse_value(s, k, ok),
-                                default=default, help=help_)
+                                default=default, help=help_, choices=choices)
 
 
 def dataclass_from_args(cls, ns: argparse.Namespace, **overrides):

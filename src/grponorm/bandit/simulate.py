@@ -95,11 +95,6 @@ def _pullback(X: np.ndarray, g: np.ndarray) -> np.ndarray:
     return g.reshape(g.shape[0], n * K) @ X.reshape(n * K, d)
 
 
-def _grad_norm2(features: Features, g: np.ndarray) -> np.ndarray:
-    """||X_i^T g_i||^2 = g_i^T G_i g_i for g (S, n, K) -> (S, n)."""
-    return np.einsum("snk,snk->sn", g, _gram_apply(features, g))
-
-
 def selection_sequence(seed: int, n: int, T: int) -> np.ndarray:
     """The questions drawn uniformly at steps 0..T-1 by seed `seed` (both paths use it)."""
     return np.random.default_rng([seed, 0]).integers(0, n, size=T)

@@ -89,6 +89,13 @@ class FisherConfig(TrainConfig):
 
 def run(cfg: FisherConfig, progress: bool = True) -> dict:
     """Train with the diagnostic on (or measure ``checkpoints``); correlate; write the tables."""
+    if cfg.backend != "native":  # refused, never silently trained natively
+        raise ValueError(f"diag fisher: backend={cfg.backend!r} cannot run the Fisher "
+                         "diagnostic (it needs the native trainer's rollout batch); use "
+                         "--backend native")
+    if cfg.resume:
+        raise ValueError("diag fisher does not resume a run (resume is set per training run); "
+                         "measure a finished run's saved weights with --checkpoints instead")
     if cfg.G < 2:
         raise ValueError(f"G must be >= 2 (a reward variance needs two samples); got {cfg.G}")
     if cfg.diag_every < 1 or cfg.diag_probe < 0 or cfg.repeats < 1:

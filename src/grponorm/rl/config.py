@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -16,20 +17,26 @@ import numpy as np
 
 from ..normalizers import normalize_with_stats
 from . import data as rl_data
+from .choices import (
+    Attention,
+    Backend,
+    Diagnostic,
+    OldLogprobs,
+    Optimizer,
+    Rollout,
+    Slice,
+    SliceRule,
+    Task,
+)
 from .loss import AGGREGATIONS
 from .models import ModelConfig, default_cache_dir
-from .rollout import ENGINES
 from .sinks import INSTALL, missing_sinks
 
 __all__ = ["TrainConfig", "load_saved_config", "parse_options"]
 
-DIAGNOSTICS = ("", "fisher")
-SLICE_RULES = ("level", "steps", "pass_rate", "judge")
-OLD_LOGPROBS = ("auto", "rollout", "recompute")
-ATTENTIONS = ("auto", "gqa", "model")
-BACKENDS = ("native", "trl")
-OPTIMIZERS = ("adamw", "sgd")
 SINKS = tuple(INSTALL)  # metric sinks besides metrics.jsonl
+#: slice_by="auto": the rule each task's problems carry the information for.
+DEFAULT_SLICE_RULE = {"arithmetic": "level", "gsm8k": "steps"}
 
 
 @dataclass
@@ -39,15 +46,15 @@ class TrainConfig:
     HIDDEN: ClassVar[tuple[str, ...]] = ()  # fields a subclass sets per run (no flag)
 
     model: str = "embedded"  # HF id, local model folder, .gguf file, or embedded (SmolLM2-135M)
-    dtype: str = "bfloat16"  # parameter dtype: bfloat16 (faster on CPU, LoRA kept fp32) or float32
+    dtype: str = "auto"  # auto (bf16 on CUDA and native-bf16 CPUs, else fp32), bfloat16, float32
     lora_r: int = 16  # LoRA rank (0 = full fine-tuning)
     lora_alpha: float = 32.0  # LoRA alpha (update scaled by alpha / r)
     lora_targets: tuple = ("q_proj", "k_proj", "v_proj", "o_proj")  # modules given adapters
-    task: str = "arithmetic"  # arithmetic or gsm8k
+    task: Task = "arithmetic"  # arithmetic or gsm8k
     levels: list = field(default_factory=lambda: ["add1", "mul1"])  # arithmetic presets pooled
     gsm8k_dir: str = ""  # local GSM8K folder ("" = $GRPONORM_GSM8K_DIR, else the hub)
-    slice: str = "all"  # train on all, easy or hard problems
-    slice_by: str = "level"  # level (first level easy), steps, pass_rate (base model) or judge
+    slice: Slice = "all"  # train on all, easy or hard problems
+    slice_by: SliceRule = "auto"  # level (first level easy), steps, pass_rate, judge; auto: task's
     judge_model: str = "embedded"  # slice_by=judge: model asked "Easy or Hard?" (paper: Qwen2-7B)
     easy_max_steps: int = 3  # slice_by=steps: easy = at most this many reasoning steps
     pass_rate_threshold: float = 0.5  # slice_by=pass_rate: easy = base pass rate >= this
@@ -61,7 +68,7 @@ class TrainConfig:
     prompts_per_step: int = 4  # prompts (groups) per step
     steps: int = 40  # training steps
     lr: float = 5e-4  # learning rate of the optimizer (constant)
-    optimizer: str = "adamw"  # adamw (no weight decay) or sgd (plain, no momentum: the theory's)
+    optimizer: Optimizer = "adamw"  # adamw (no weight decay) or sgd (plain, no momentum)
     max_grad_norm: float = 1.0  # gradient clipping threshold (0 = none)
     max_new_tokens: int = 12  # completion length limit
     temperature: float = 0.7  # sampling temperature of the rollouts
@@ -71,27 +78,31 @@ class TrainConfig:
     clip_eps: float = 0.2  # PPO clip range of the importance ratio (0 = none)
     updates_per_batch: int = 1  # optimizer updates per sampled batch (>1 uses the clip)
     micro_batch: int = 0  # rows per forward/backward chunk, whole groups (0 = whole batch)
-    rollout: str = "decode"  # rollout engine: decode (own loop), generate (transformers) or vllm
+    rollout: Rollout = "decode"  # rollout engine: decode (own loop), generate (HF) or vllm
     share_prompt: bool = True  # run each prompt once per group (KV cache shared; same math)
     share_prefix: bool = True  # run the token prefix common to a batch's prompts once (same math)
-    old_logprobs: str = "auto"  # updates_per_batch>1: auto (engine's if given), rollout, recompute
-    attention: str = "auto"  # rollout/log-prob attention: gqa (no KV copy), model, auto (CPU: gqa)
+    old_logprobs: OldLogprobs = "auto"  # updates_per_batch>1: auto (engine's), rollout, recompute
+    attention: Attention = "auto"  # rollout/log-prob attention: gqa (no KV copy), model, auto
     eval_every: int = 10  # held-out eval every N steps (and at start and end; 0 = never)
     eval_temperature: float = 0.0  # eval sampling temperature (0 = greedy)
     checkpoint_every: int = 10  # checkpoint every N steps (0 = only at the end)
     log_every: int = 1  # without a progress bar: one log line per N steps (0 = none)
     seed: int = 0  # training seed (LoRA init, sampling, data order)
-    threads: int = 0  # torch CPU threads (0 = torch's default)
+    threads: int = 0  # torch CPU threads (0 = auto: the cores this process may use, at most 8)
     device: str = "auto"  # auto (CUDA GPU when present, else CPU), cpu, cuda or cuda:N
     out: str = "runs"  # root folder for run outputs
     run_dir: str = ""  # exact run folder ("" = <out>/rl_train/<timestamp>)
     resume: str = ""  # run folder to resume from its last checkpoint ("" = new run)
     cache_dir: str = ""  # model/pass-rate cache ("" = $GRPONORM_CACHE or ~/.cache/grponorm)
-    diagnostics: str = ""  # "fisher" computes per-prompt Fisher traces and reward variances
+    diagnostics: Diagnostic = ""  # "fisher" computes per-prompt Fisher traces and reward variances
     diag_every: int = 1  # run the diagnostics every k steps (before that step's update)
     diag_probe: int = 0  # 0 = on the step's training groups; n = fixed probe set of n problems
-    backend: str = "native"  # native (grponorm's trainer) or trl (TRL's GRPOTrainer: vLLM, GPUs)
+    backend: Backend = "native"  # native (grponorm's trainer) or trl (TRL's GRPOTrainer)
     report_to: list = field(default_factory=list)  # also log to: tensorboard, wandb (JSONL always)
+
+    def __post_init__(self) -> None:
+        if self.slice_by == "auto":  # a default that follows the task
+            self.slice_by = DEFAULT_SLICE_RULE.get(self.task, "auto")
 
     def model_config(self) -> ModelConfig:
         """The :class:`~grponorm.rl.models.ModelConfig` of this run's policy."""
@@ -120,17 +131,10 @@ class TrainConfig:
             if not ok:
                 raise ValueError(msg)
 
-        need(
-            self.task in ("arithmetic", "gsm8k"), f"task must be arithmetic or gsm8k: {self.task!r}"
-        )
-        need(
-            self.slice in ("all", "easy", "hard"),
-            f"slice must be all, easy or hard: {self.slice!r}",
-        )
-        need(
-            self.slice_by in SLICE_RULES,
-            f"slice_by must be one of {SLICE_RULES}: {self.slice_by!r}",
-        )
+        for name, choices in literal_fields(type(self)).items():
+            value = getattr(self, name)
+            need(value in choices, f"{name} must be one of {', '.join(map(repr, choices))}; "
+                                   f"got {value!r}")
         if self.task == "arithmetic":
             need(bool(self.levels), "levels is empty: name at least one arithmetic preset")
             unknown = [lv for lv in self.levels if lv not in rl_data.ARITHMETIC_LEVELS]
@@ -145,18 +149,9 @@ class TrainConfig:
                 "slice_by=level is for arithmetic; use steps, pass_rate or judge for gsm8k",
             )
         need(self.loss_agg in AGGREGATIONS, f"loss_agg must be one of {AGGREGATIONS}")
-        need(self.rollout in ENGINES, f"rollout must be one of {ENGINES}: {self.rollout!r}")
         need(
             self.rollout != "vllm" or importlib.util.find_spec("vllm") is not None,
             "rollout=vllm needs vllm (GPU only): pip install vllm",
-        )
-        need(
-            self.attention in ATTENTIONS,
-            f"attention must be one of {ATTENTIONS}: {self.attention!r}",
-        )
-        need(
-            self.old_logprobs in OLD_LOGPROBS,
-            f"old_logprobs must be one of {OLD_LOGPROBS}: {self.old_logprobs!r}",
         )
         need(
             not (self.old_logprobs == "rollout" and self.rollout == "generate"),
@@ -183,15 +178,8 @@ class TrainConfig:
         ):
             need(getattr(self, name) >= 0, f"{name} must be >= 0; got {getattr(self, name)}")
         need(self.lr > 0, f"lr must be > 0; got {self.lr}")
-        need(
-            self.diagnostics in DIAGNOSTICS,
-            f"diagnostics must be one of {DIAGNOSTICS[1:]} (or empty); got {self.diagnostics!r}",
-        )
         need(self.diag_every >= 1, f"diag_every must be >= 1; got {self.diag_every}")
         need(self.diag_probe >= 0, f"diag_probe must be >= 0; got {self.diag_probe}")
-        need(self.optimizer in OPTIMIZERS,
-             f"optimizer must be one of {OPTIMIZERS}: {self.optimizer!r}")
-        need(self.backend in BACKENDS, f"backend must be one of {BACKENDS}: {self.backend!r}")
         need(
             self.backend != "trl" or importlib.util.find_spec("trl") is not None,
             "backend=trl needs TRL: pip install 'grponorm[trl]'",
@@ -214,6 +202,12 @@ class TrainConfig:
             )
         except TypeError as exc:
             raise ValueError(f"normalizer {self.normalizer!r}: bad option ({exc})") from None
+        if self.G == 1:  # every group a singleton: does this normalizer still give a signal?
+            adv, _ = normalize_with_stats(np.array([[0.0], [1.0]]), self.normalizer, **options)
+            need(bool(np.any(adv != 0)),
+                 f"G=1: every group is a single completion, and normalizer "
+                 f"{self.normalizer!r} gives a singleton group zero advantage, so the run "
+                 "would never learn; sample G >= 2 completions per prompt")
 
 
 def parse_options(text: str) -> dict[str, Any]:
@@ -243,7 +237,20 @@ def load_saved_config(run_dir: Path, cls=TrainConfig):
         raise FileNotFoundError(f"cannot resume: {file} not found (is {run_dir} a run folder?)")
     saved = json.loads(file.read_text())["config"]
     names = {f.name for f in fields(cls)}
-    cfg = cls(**{k: v for k, v in saved.items() if k in names})
+    unknown = sorted(set(saved) - names)
+    if unknown:
+        raise ValueError(f"{file}: settings {unknown} are not {cls.__name__} fields (saved by "
+                         "another grponorm version?); a run is only resumed with every setting "
+                         "it was started with")
+    cfg = cls(**saved)
     if isinstance(cfg.lora_targets, list):
         cfg.lora_targets = tuple(cfg.lora_targets)
     return cfg
+
+
+def literal_fields(cls) -> dict[str, tuple]:
+    """``{field: allowed values}`` for the fields of dataclass ``cls`` typed with a ``Literal``
+    (the tables of ``rl.choices``)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: typing.get_args(hints[f.name]) for f in fields(cls)
+            if typing.get_origin(hints.get(f.name)) is typing.Literal}

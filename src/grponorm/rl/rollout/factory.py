@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..choices import ROLLOUTS
 from .base import RolloutEngine
 from .decode import DecodeEngine
 from .generate import HFGenerateEngine
@@ -10,7 +11,7 @@ __all__ = ["ENGINES", "make_engine"]
 
 
 #: Rollout engines by name (``TrainConfig.rollout``).
-ENGINES = ("decode", "generate", "vllm")
+ENGINES = ROLLOUTS  # the engines by name (rl.choices.Rollout)
 
 
 def make_engine(
