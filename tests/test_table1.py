@@ -32,6 +32,24 @@ def test_one_run_uses_measurements_as_replicates():
     assert e["p"] == pytest.approx(stats.ttest_1samp(z, 0).pvalue)
 
 
+def test_autocorrelated_measurements_widen_the_interval():
+    """A slowly drifting series of per-step correlations (AR(1), phi 0.8): the interval uses the
+    effective sample size, so it is wider than the plain t-interval of the same values."""
+    rng = np.random.default_rng(3)
+    z = np.empty(40)
+    z[0] = 0.3
+    for t in range(1, 40):
+        z[t] = 0.3 + 0.8 * (z[t - 1] - 0.3) + rng.normal(0, 0.1)
+    e = correlation_entry([_rows(np.tanh(z))])
+    plain = stats.t.ppf(0.975, 39) * z.std(ddof=1) / math.sqrt(40)
+    assert e["n"] == 40 and 2 <= e["n_eff"] < 20
+    assert e["z_high"] - e["z_low"] > 1.5 * 2 * plain
+    half = stats.t.ppf(0.975, e["n_eff"] - 1) * z.std(ddof=1) / math.sqrt(e["n_eff"])
+    assert e["z_low"] == pytest.approx(z.mean() - half, rel=1e-6)
+    t = z.mean() / (z.std(ddof=1) / math.sqrt(e["n_eff"]))
+    assert e["p"] == pytest.approx(2 * stats.t.sf(abs(t), e["n_eff"] - 1))
+
+
 def test_several_runs_use_seeds_as_replicates():
     groups = [_rows([0.1, 0.2, 0.3]), _rows([0.0, 0.1]), _rows([0.2, 0.2, 0.25, 0.3])]
     e = correlation_entry(groups)

@@ -414,7 +414,9 @@ TITLE = "Curvature proxy (diagonal Fisher) vs reward variance on a language mode
 PAPER_LINE = table1.PAPER_LINE
 PROFILES = {
     "quick": dict(steps=6, diag_probe=6, diag_every=2, lags=[0, 1, 2]),
-    "cpu": {},
+    # 30 measurements (every 2 of 60 steps): enough for an interval that allows for their
+    # autocorrelation (table1: effective sample size)
+    "cpu": dict(steps=60),
     "paper": dict(model="Qwen/Qwen2.5-Math-1.5B", device="cuda", steps=100, diag_probe=64,
                   diag_every=5, max_new_tokens=256),
 }

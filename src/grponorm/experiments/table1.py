@@ -10,12 +10,17 @@ the replicate is:
 - a seed (an independent run) when there are two or more: its value is the mean z over its
   steps (steps of one run share prompts and a slowly moving policy, so they are not
   independent); unit "seeds";
-- a measurement step when there is a single run (the language model): unit "measurements". This
-  treats measurements as independent and is optimistic when they are autocorrelated (lagged
-  correlations overlap: x[t] vs y[t + L] and x[t + 1] vs y[t + 1 + L] share data).
+- a measurement step when there is a single run (the language model): unit "measurements".
+  Measurements of one run are autocorrelated (a slowly moving policy; lagged correlations
+  overlap: x[t] vs y[t + L] and x[t + 1] vs y[t + 1 + L] share data), so the interval uses the
+  effective sample size of the z series (``grponorm.stats.autocorr_mean_interval``: Geyer's
+  initial monotone sequence; 91-93% coverage at nominal 95% on AR(1) series with phi = 0.6,
+  where the plain t-interval covers 66-68%), reported as ``n_eff`` beside ``n``.
 
 The interval is the t-interval of the mean z over replicates (``grponorm.stats.compare`` against
-zero), shown back on the r scale as ``tanh``; its p-value is the one-sample t-test on z.
+zero; for measurements with ``n_eff - 1`` degrees of freedom and standard error
+``sd / sqrt(n_eff)``), shown back on the r scale as ``tanh``; its p-value is the t-test on z
+with the same degrees of freedom.
 
 Verdicts. Same step: the paper's r = 0.342 > 0, so ``reproduced`` when the interval excludes 0
 upwards (``inconclusive`` says how many replicates would resolve 0.342 at the observed spread).
@@ -31,9 +36,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import stats as sps
 
 from ..diagnostics.correlation import per_step, summarize
-from ..stats import Comparison, compare
+from ..stats import Comparison, autocorr_mean_interval, compare
 from .rows import verdict_cell
 
 __all__ = ["ACROSS_BOUND", "PAPER", "PAPER_LINE", "PAPER_TABLE1", "correlation_entry",
@@ -77,13 +83,23 @@ def correlation_entry(groups: list[list[dict]], key: str = "pearson",
     unit = "seeds" if len(zs) >= 2 else "measurements"
     units = np.array([z.mean() for z in zs]) if len(zs) >= 2 else (zs[0] if zs else np.zeros(0))
     if units.size == 0:
-        return {"unit": unit, "n": 0, "z": None, "z_low": None, "z_high": None, "sd_z": None,
-                "p": None, "r": None, "low": None, "high": None}
+        return {"unit": unit, "n": 0, "n_eff": None, "z": None, "z_low": None, "z_high": None,
+                "sd_z": None, "p": None, "r": None, "low": None, "high": None}
     c = compare(units, np.zeros_like(units), confidence=confidence)
-    return {"unit": unit, "n": c.n, "z": c.diff, "z_low": _none(c.low), "z_high": _none(c.high),
-            "sd_z": _none(c.sd), "p": _none(c.p), "r": math.tanh(c.diff),
-            "low": None if _none(c.low) is None else math.tanh(c.low),
-            "high": None if _none(c.high) is None else math.tanh(c.high)}
+    low, high, p, n_eff = c.low, c.high, c.p, float(c.n)
+    if unit == "measurements" and units.size >= 2:  # autocorrelated: effective sample size
+        iv = autocorr_mean_interval(units, confidence=confidence)
+        low, high, n_eff = iv.low, iv.high, iv.n_eff
+        sd = float(units.std(ddof=1))
+        if n_eff >= 2 and sd > 0:
+            t = c.diff / (sd / math.sqrt(n_eff))
+            p = float(2 * sps.t.sf(abs(t), n_eff - 1))
+        elif sd > 0:
+            p = math.nan
+    return {"unit": unit, "n": c.n, "n_eff": _none(n_eff), "z": c.diff, "z_low": _none(low),
+            "z_high": _none(high), "sd_z": _none(c.sd), "p": _none(p), "r": math.tanh(c.diff),
+            "low": None if _none(low) is None else math.tanh(low),
+            "high": None if _none(high) is None else math.tanh(high)}
 
 
 def lag_intervals(xs: list[np.ndarray], ys: list[np.ndarray], lags) -> dict[int, dict]:
@@ -110,10 +126,13 @@ def lag_intervals(xs: list[np.ndarray], ys: list[np.ndarray], lags) -> dict[int,
 
 
 def _comparison(iv: dict) -> Comparison:
+    """The interval as a Comparison; with autocorrelated measurements its n is ``n_eff``
+    (rounded down), so the replicates still needed are counted in effective measurements."""
     nan = math.nan
+    n = iv["n"] if iv.get("n_eff") is None else max(1, int(iv["n_eff"]))
     return Comparison(iv["z"], nan if iv["z_low"] is None else iv["z_low"],
                       nan if iv["z_high"] is None else iv["z_high"],
-                      nan if iv["p"] is None else iv["p"], iv["n"],
+                      nan if iv["p"] is None else iv["p"], n,
                       nan if iv["sd_z"] is None else iv["sd_z"], "t", 0.95)
 
 
@@ -140,11 +159,14 @@ def _text(entry: dict) -> str:
     mean = "nan" if _none(entry["mean"]) is None else f"{entry['mean']:+.3f}"
     if not iv or iv["n"] == 0:
         return f"{mean} (p={entry.get('p')})"
+    n_eff = iv.get("n_eff")
+    n = f"n={iv['n']} {iv['unit']}" + (
+        f" (n_eff≈{n_eff:.1f})" if n_eff is not None and n_eff < iv["n"] else "")
     if iv["low"] is None:
-        return f"{mean} (n={iv['n']} {iv['unit']}: no interval)"
+        return f"{mean} ({n}: no interval)"
     p = "-" if iv["p"] is None else f"{iv['p']:.2g}"
     return (f"{mean} (tanh mean z {iv['r']:+.3f} [{iv['low']:+.3f}, {iv['high']:+.3f}], "
-            f"n={iv['n']} {iv['unit']}, p={p})").replace("-", "\N{MINUS SIGN}")
+            f"{n}, p={p})").replace("-", "\N{MINUS SIGN}")
 
 
 def table1_rows(same: dict, across: list[tuple[str, dict]], where: str) -> list[list]:
