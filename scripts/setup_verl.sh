@@ -13,12 +13,14 @@ VENV=.venv-verl
 pipq() {
   # Quiet: on success print only what is not pip's note on the local index or its list of verl
   # requirements left out on purpose (vllm, wandb, ...); on failure print everything and stop.
-  local log
+  local log rc=0
   log=$(mktemp)
-  if ! "$VENV/bin/python" -m pip install -q "$@" >"$log" 2>&1; then
+  "$VENV/bin/python" -m pip install -q "$@" >"$log" 2>&1 || rc=$?
+  if [ "$rc" -ne 0 ]; then
     cat "$log" >&2
     rm -f "$log"
-    return 1
+    echo "setup_verl.sh: 'pip install $*' failed (exit status $rc)" >&2
+    return "$rc"
   fi
   grep -v -e "^WARNING: Location" -e "^ERROR: pip's dependency resolver" \
     -e "requires .*, which is not installed" -e "^[a-z0-9-]* [0-9.]* requires " "$log" || true

@@ -316,3 +316,54 @@ def test_two_processes_normalize_split_groups_whole(tiny_policy_dir, tmp_path):
     for r in ranks:
         assert r["log"]["grponorm/normalizer"] == "bernoulli_std"
         assert r["log"]["grponorm/frac_zero_variance"] == 0.0
+
+
+#: A second reward function, fully scored, that disagrees with BINARY within groups.
+STYLE = {
+    "what is 1 + 1 ?": [0.0, 1.0, 0.5, 0.5],
+    "what is 2 + 2 ?": [1.0, 0.0, 0.0, 1.0],  # BINARY is flat here: GDPO still moves it
+    "what is 3 * 3 ?": [0.5, 0.5, 0.5, 0.5],
+}
+
+
+def test_gdpo_with_two_reward_functions_trains_on_gdpo_advantages(tiny_policy_dir, tmp_path):
+    """One real TRL step: components from rewards_per_func, weights from reward_weights."""
+    from grponorm.normalizers import NormalizerContext
+
+    trainer = _train(
+        NormalizedRecorder,
+        tiny_policy_dir,
+        tmp_path,
+        [_table_reward(BINARY), _table_reward(STYLE)],
+        args=_args(tmp_path, reward_weights=[1.0, 0.5]),
+        normalizer="gdpo",
+    )
+    record = _only_record(trainer)
+    prompts = record["prompts"][::G]  # one per group, TRL's contiguous layout
+    comp = torch.tensor([[BINARY[p], STYLE[p]] for p in prompts]).transpose(1, 2)  # (3, G, 2)
+    want = normalize(comp.sum(-1), "gdpo", weights=[1.0, 0.5],
+                     context=NormalizerContext(components=comp)).reshape(-1)
+    torch.testing.assert_close(record["advantages"], want, rtol=1e-5, atol=1e-6)
+    flat_binary = torch.tensor([p == "what is 2 + 2 ?" for p in record["prompts"]])
+    assert bool((record["advantages"][flat_binary] != 0).all())
+
+
+def test_normalizer_state_is_saved_with_checkpoints_and_restored(tiny_policy_dir, tmp_path):
+    """running_std: the state goes into checkpoint-1 and comes back on resume."""
+    from grponorm.integrations.trl import STATE_FILE
+
+    args = _args(tmp_path, save_strategy="steps", save_steps=1)
+    trainer = _train(NormalizedRecorder, tiny_policy_dir, tmp_path, [_table_reward(BINARY)],
+                     args=args, normalizer="running_std")
+    assert trainer.normalizer_state.count == 3 * G
+    ckpt = Path(args.output_dir) / "checkpoint-1"
+    saved = json.loads((ckpt / STATE_FILE).read_text())
+    assert saved["normalizer"] == "running_std"
+    assert saved["state"] == trainer.normalizer_state.state_dict()
+    fresh = NormalizedRecorder(
+        model=str(tiny_policy_dir), reward_funcs=[_table_reward(BINARY)], args=args,
+        train_dataset=Dataset.from_dict({"prompt": list(BINARY)}), normalizer="running_std",
+    )
+    assert fresh.normalizer_state.count == 0
+    fresh._load_from_checkpoint(str(ckpt))
+    assert fresh.normalizer_state.state_dict() == saved["state"]

@@ -155,3 +155,40 @@ def _verl_installed() -> bool:
 def test_register_without_verl_is_an_import_error():
     with pytest.raises(ImportError):
         gv.register()
+
+
+def test_user_registered_batch_level_normalizer_on_ragged_batches():
+    """Declared batch_level: refused on ragged groups (not bucketed), or run by its own ragged
+    implementation; the verl estimator does the same."""
+    from grponorm.normalizers import NORMALIZERS, SPECS, ops, register_normalizer
+
+    def scale_by_batch_max(rewards):
+        return ops.center(rewards, axis=1) / abs(rewards).max()
+
+    def ragged_impl(scores, inverse, n_groups):
+        counts = np.bincount(inverse, minlength=n_groups)
+        means = np.bincount(inverse, weights=scores, minlength=n_groups) / counts
+        return (scores - means[inverse]) / np.abs(scores).max()
+
+    try:
+        register_normalizer("_t_batch_max", batch_level=True)(scale_by_batch_max)
+        uids, scores = ragged(5)
+        with pytest.raises(ValueError, match="same size"):
+            gv.normalize_ragged(scores, uids, "_t_batch_max")
+        with pytest.raises(ValueError, match="same size"):
+            gv.estimator("_t_batch_max")(
+                torch.tensor(scores)[:, None], torch.ones(len(scores), 1), index=uids
+            )
+        NORMALIZERS.pop("_t_batch_max")
+        SPECS.pop("_t_batch_max")
+        register_normalizer("_t_batch_max", batch_level=True, ragged=ragged_impl)(
+            scale_by_batch_max
+        )
+        got, stats = gv.normalize_ragged(scores, uids, "_t_batch_max")
+        want = ragged_impl(scores, *gv.group_ids(uids))
+        want[np.isin(uids, ["u0", "u3"])] = 0.0  # singleton and all-equal group: exactly 0
+        np.testing.assert_allclose(got, want, atol=1e-15)
+        assert stats.n_zero_variance == 2
+    finally:
+        NORMALIZERS.pop("_t_batch_max", None)
+        SPECS.pop("_t_batch_max", None)

@@ -64,8 +64,11 @@ EXPECTED = {
 
 
 def test_builtins_registered():
-    # The normalizers from the field are tested in test_normalizers_peers.py.
+    # The normalizers from the field are tested in test_normalizers_peers.py and
+    # test_normalizers_context.py.
     field = ["bnpo", "gpg", "grpo_passk", "mapo"]
+    field += ["batch_zscore", "gdpo", "krpo", "loo_std", "max_rl", "opo",
+              "reinforce_pp_baseline", "running_std", "shrinkage"]
     assert available_normalizers() == sorted(BUILTINS + field)
     assert set(EXPECTED) == set(BUILTINS)
 

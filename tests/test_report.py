@@ -1,7 +1,11 @@
 """`grponorm reproduce` renders a report whose every section has its table and real figures."""
 
 import base64
+import html
 import io
+import json
+import os
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -10,7 +14,12 @@ from pathlib import Path
 import matplotlib.image as mpimg
 import pytest
 
+from grponorm.experiments.bandit_sampled import OPT_NAMES as OPT_NAME
+from grponorm.experiments.rows import VerdictCell, fmt
+from grponorm.report import render
 from grponorm.report import reproduce as rp
+from grponorm.report.render import VERDICT_CLASS
+from grponorm.stats.paired import Verdict
 
 TINY = {
     "E1": dict(n_instances=60, n_lemma4=6, ball_points=3, traj_steps=300, traj_seeds=2,
@@ -24,33 +33,49 @@ TINY = {
 
 
 class ReportParser(HTMLParser):
-    """Collects, per <section id=...>, its images (decoded) and table rows."""
+    """Collects, per <section id=...> (None: the summary table above them), its images
+    (decoded) and table rows, each row a list of (cell text, cell class)."""
 
     def __init__(self):
         super().__init__()
-        self.sections, self.current, self.rows, self.in_row = {}, None, {}, False
+        self.sections, self.current, self.cell = {None: {"images": [], "rows": []}}, None, None
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
+        sec = self.sections.get(self.current)
         if tag == "section":
             self.current = attrs["id"]
-            self.sections[self.current] = {"images": [], "rows": 0}
-        elif tag == "img" and self.current:
+            self.sections[self.current] = {"images": [], "rows": []}
+        elif tag == "img":
             src = attrs["src"]
             assert src.startswith("data:image/png;base64,")
-            self.sections[self.current]["images"].append(base64.b64decode(src.split(",", 1)[1]))
-        elif tag == "tr" and self.current:
-            self.sections[self.current]["rows"] += 1
+            sec["images"].append(base64.b64decode(src.split(",", 1)[1]))
+        elif tag == "tr":
+            sec["rows"].append([])
+        elif tag in ("td", "th"):
+            self.cell = ["", attrs.get("class")]
+
+    def handle_data(self, data):
+        if self.cell is not None:
+            self.cell[0] += data
 
     def handle_endtag(self, tag):
         if tag == "section":
             self.current = None
+        elif tag in ("td", "th"):
+            self.sections[self.current]["rows"][-1].append(tuple(self.cell))
+            self.cell = None
 
 
 def _parse(path):
     p = ReportParser()
     p.feed(path.read_text())
     return p.sections
+
+
+def _summary(report, eid):
+    """The summary of ``eid`` the report was made from (its done.json)."""
+    return json.loads((report.parent / eid / "done.json").read_text())["summary"]
 
 
 ALL = ["E1", "E2", "E3", "E4", "E5", "E5b", "E6"]
@@ -79,9 +104,10 @@ def report(tmp_path_factory, tiny_policy_dir):
 
 def test_every_section_has_a_table_and_nonblank_figures(report):
     sections = _parse(report)
-    assert set(sections) == set(ALL)
-    for eid, sec in sections.items():
-        assert sec["rows"] >= 2, eid  # header + at least one paper-vs-ours row
+    assert set(sections) == {None, *ALL}
+    for eid in ALL:
+        sec = sections[eid]
+        assert len(sec["rows"]) >= 2, eid  # header + at least one paper-vs-ours row
         assert sec["images"], eid
         for png in sec["images"]:
             img = mpimg.imread(io.BytesIO(png), format="png")
@@ -94,9 +120,113 @@ def test_every_section_has_a_table_and_nonblank_figures(report):
     assert md.count("![") == sum(len(s["images"]) for s in sections.values())
 
 
-def test_markdown_figure_links_survive_moving_the_folder(report, tmp_path):
-    import re
+def test_cells_show_the_summarys_numbers_and_verdicts(report):
+    """Each row of E3 (Std - No-Std per optimizer and LR mode) shows its comparison's interval
+    text and verdict from the summary, coloured by the verdict; the summary table repeats it."""
+    sections = _parse(report)
+    s = _summary(report, "E3")
+    rows = {r[0][0]: r for r in sections["E3"]["rows"][1:]}
+    top = {(r[0][0], r[1][0]): r for r in sections[None]["rows"][1:]}
+    checked = 0
+    for o, by_mode in s["comparisons"].items():
+        for mode, by in by_mode.items():
+            for part, (quantity, verdict) in {
+                "hard": ("group_std − none, final mean π*, Hard", by["hard"]["verdict"]),
+                "easy": ("group_std − none, final mean π*, Easy",
+                         f"measured: {by['easy']['verdict']}"),
+            }.items():
+                (name,) = [q for q in rows if q.startswith(quantity)
+                           and (("shared LR" in q) == (mode == "shared"))
+                           and OPT_NAME.get(o, o) in q]
+                (_, _), (_, _), (ours, _), (cell, cls) = rows[name]
+                e = by[part]
+                assert ours == e["text"], name
+                # the difference in the cell is the summary's, to the digits shown
+                shown = float(ours.split()[0].replace("\N{MINUS SIGN}", "-"))
+                digits = len(ours.split()[0].split(".")[1])
+                assert shown == pytest.approx(e["diff"], abs=0.6 * 10**-digits), name
+                assert cell == verdict, name
+                assert cls == VERDICT_CLASS[Verdict.of_cell(cell)], name
+                assert top[("E3", name)][3:] == rows[name][2:], name  # ours, verdict, class
+                checked += 1
+    assert checked == 2 * sum(len(m) for m in s["comparisons"].values()) >= 2
+    e1 = _summary(report, "E1")["checks"]
+    for k, c in e1.items():  # E1: each bound's sharpest constant, and it holds
+        row = {r[0][0]: r for r in sections["E1"]["rows"][1:]}[f"{k}: constant"]
+        assert row[2][0] == f"sharpest {fmt(c['sharp_constant'], 4)}"
+        assert row[3] == (("reproduced (bound holds)", "ok") if c["violations"] == 0
+                          else (f"VIOLATED ({c['violations']} cases)", "bad"))
 
+
+class _Section:
+    def __init__(self, eid, rows):
+        self.eid, self.title, self.paper, self.rows = eid, f"title {eid}", f"paper {eid}", rows
+
+
+def _write(tmp_path, sections, records):
+    meta = {"profile": "quick", "date": "2026-01-01", "wall_time_s": 1.0, "command": "c",
+            "environment": {"python": "3"}}
+    return render.write_report(tmp_path, sections, records, meta)
+
+
+def _done(summary):
+    return {"status": "done", "summary": {"run_dir": "", "figures": [], **summary},
+            "config": {}, "wall_time_s": 0.1}
+
+
+def test_verdict_cells_are_coloured_by_their_verdict(tmp_path):
+    cells = {  # cell -> class; a word inside the text does not decide it, the verdict does
+        "reproduced (bound holds)": "ok",
+        "measured: contradicted": "ok",
+        "measured: inconclusive (3 seeds)": "ok",
+        "contradicted (lagged correlation ≠ 0)": "bad",
+        "inconclusive (≈14 seeds would resolve 0.05)": "neutral",
+        "no clear difference": "neutral",
+        "differs (mean +0.051, 40% below 0.1)": "bad",
+        "VIOLATED (3 cases)": "bad",
+        "positive": "ok",
+        "Std behind here": "ok",  # rl_compare's direction in a pass-rate bin (negative)
+    }
+    typed = [VerdictCell("Std is ahead, reproduced elsewhere", Verdict.REPRODUCED),
+             Verdict.CONTRADICTED]
+    rows = [[f"q{i}", "p", str(i), c] for i, c in enumerate([*cells, *typed])]
+    missing = _Section("E8", lambda s: [])
+    path = _write(tmp_path, [_Section("E7", lambda s: rows), missing],
+                  [_done({}), {"status": "unavailable", "reason": "No module named 'x'"}])
+    sections = _parse(path)
+    got = [r[3] for r in sections["E7"]["rows"][1:]]
+    assert got == [*cells.items(), ("Std is ahead, reproduced elsewhere", "ok"),
+                   ("contradicted", "bad")]
+    assert [r[2][0] for r in sections["E7"]["rows"][1:]] == [str(i) for i in range(len(rows))]
+    top = sections[None]["rows"]
+    assert top[-1][-1] == ("not run: No module named 'x'", "bad")
+    assert [r[-1] for r in top[1:-1]] == got  # the summary table: the same cells and colours
+
+
+def test_a_summary_it_cannot_read_names_the_error_and_the_file(tmp_path, capsys):
+    path = _write(tmp_path, [_Section("E7", lambda s: [["q", "p", s["missing"], "reproduced"]]),
+                             _Section("E8", lambda s: [["q", "p", "1", "roughly right"]])],
+                  [_done({}), _done({})])
+    rows = _parse(path)
+    (_, _, _, (cell, cls)), = rows["E7"]["rows"][1:]
+    assert cell == (f"could not summarize (E7, {tmp_path / 'E7' / 'done.json'}): "
+                    "KeyError: 'missing'") and cls == "bad"
+    (_, _, _, (cell, cls)), = rows["E8"]["rows"][1:]
+    assert cell.startswith("could not summarize (E8, ") and "ValueError: verdict cell " \
+        "'roughly right' starts with none of the verdicts" in cell and cls == "bad"
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "KeyError: 'missing'" in err and "E7" in err
+
+
+def test_an_unexpected_error_is_not_hidden(tmp_path):
+    def broken(s):
+        raise RuntimeError("a bug in report_rows")
+
+    with pytest.raises(RuntimeError, match="a bug in report_rows"):
+        _write(tmp_path, [_Section("E7", broken)], [_done({})])
+
+
+def test_markdown_figure_links_survive_moving_the_folder(report, tmp_path):
     links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", report.with_suffix(".md").read_text())
     assert links and not any(Path(x).is_absolute() for x in links)
     moved = tmp_path / "moved"
@@ -107,9 +237,13 @@ def test_markdown_figure_links_survive_moving_the_folder(report, tmp_path):
 
 def test_rerun_skips_finished_experiments(report):
     before = (report.parent / "E1" / "done.json").stat().st_mtime
-    rp.reproduce("quick", ["E1"], report.parent.parent, progress=False, overrides=TINY)
-    assert (report.parent / "E1" / "done.json").stat().st_mtime == before
-    assert "reused from an earlier run" in report.read_text()
+    full = report.read_text()
+    try:
+        rp.reproduce("quick", ["E1"], report.parent.parent, progress=False, overrides=TINY)
+        assert (report.parent / "E1" / "done.json").stat().st_mtime == before
+        assert "reused from an earlier run" in report.read_text()
+    finally:  # the other tests read the report of every experiment
+        report.write_text(full)
 
 
 def test_unavailable_experiment_is_reported_not_hidden(tmp_path, monkeypatch):
@@ -129,15 +263,87 @@ def test_bad_arguments():
         rp.reproduce("quick", ["E42"])
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="headless Chromium not installed")
-def test_report_renders_in_headless_chromium(report, tmp_path):
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"]
+#: Appended to a copy of the report: once the page has loaded, what the browser made of it.
+PROBE = """<script>
+window.addEventListener("load", () => {
+  const style = (td) => { const cs = getComputedStyle(td); return [cs.color, cs.fontWeight]; };
+  const probe = {
+    sections: [...document.querySelectorAll("section")].map((sec) => [sec.id,
+      [...sec.querySelectorAll("tr")].map((tr) => [...tr.cells].map((c) => c.innerText))]),
+    verdicts: [...document.querySelectorAll("td[class]")].map(
+      (td) => [td.innerText, td.className, ...style(td)]),
+    images: [...document.images].map((i) => [i.complete, i.naturalWidth, i.naturalHeight]),
+  };
+  const pre = document.createElement("pre");
+  pre.id = "probe";
+  pre.textContent = JSON.stringify(probe);
+  document.body.appendChild(pre);
+});
+</script>"""
+COLOUR = {"ok": ("rgb(10, 125, 40)", "400"), "bad": ("rgb(176, 0, 32)", "700"),
+          "neutral": ("rgb(102, 102, 102)", "400")}  # render.CSS
+
+
+@pytest.fixture
+def chromium():
+    exe = shutil.which("chromium")
+    if exe is None:
+        if os.environ.get("GRPONORM_REQUIRE_CHROMIUM"):
+            pytest.fail("GRPONORM_REQUIRE_CHROMIUM is set but chromium is not on PATH "
+                        "(apt-get install chromium)")
+        pytest.skip("headless Chromium not installed")
+    return exe
+
+
+def _browse(exe, profile, *args):
+    proc = subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_report_renders_in_headless_chromium(report, tmp_path, chromium):
+    page = tmp_path / "probed.html"
+    page.write_text(report.read_text().replace("</body>", PROBE + "</body>"))
+    dom = _browse(chromium, tmp_path / "profile", "--virtual-time-budget=10000", "--dump-dom",
+                  page.as_uri())
+    found = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
+    assert found, dom[-2000:]
+    probe = json.loads(html.unescape(found.group(1)))
+
+    # figures: every embedded PNG decoded, at the size of the PNG the report embedded
+    pngs = [png for sec in _parse(report).values() for png in sec["images"]]
+    assert len(probe["images"]) == len(pngs) > 0
+    for (complete, width, height), png in zip(probe["images"], pngs):
+        shape = mpimg.imread(io.BytesIO(png), format="png").shape
+        assert complete and (height, width) == shape[:2] and width > 100
+
+    # verdict cells: the colour of their verdict, as the browser computed it
+    assert len(probe["verdicts"]) >= len(ALL)
+    for text, cls, colour, weight in probe["verdicts"]:
+        assert cls == VERDICT_CLASS[Verdict.of_cell(text)], text
+        assert (colour, weight) == COLOUR[cls], text
+    assert {"ok", "neutral"} <= {cls for _, cls, _, _ in probe["verdicts"]}
+
+    # a number from a summary, in its row's "ours" cell as rendered
+    sections = dict(probe["sections"])
+    assert list(sections) == ALL
+    for k, c in _summary(report, "E1")["checks"].items():
+        (row,) = [r for r in sections["E1"] if r[0] == f"{k}: constant"]
+        assert row[2] == f"sharpest {fmt(c['sharp_constant'], 4)}" and row[1] == fmt(
+            c["paper_constant"])
+    hard = _summary(report, "E3")["comparisons"]
+    texts = {by["hard"]["text"] for by_mode in hard.values() for by in by_mode.values()}
+    shown = {r[2] for r in sections["E3"] if r[0].startswith("group_std − none, final mean "
+                                                             "π*, Hard")}
+    assert texts == shown and texts
+
     shot = tmp_path / "shot.png"
-    subprocess.run(
-        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
-         "--window-size=1200,2400", report.as_uri()],
-        check=True, capture_output=True, timeout=120)
+    _browse(chromium, tmp_path / "profile2", f"--screenshot={shot}", "--window-size=1200,2400",
+            report.as_uri())
     img = mpimg.imread(shot)
     assert img.shape[:2] == (2400, 1200)
     # the page is laid out: text and figures cover a real share of the screenshot

@@ -24,7 +24,7 @@ def test_parse_options_and_validation():
     TrainConfig().validate()
     for kw, msg in [
         (dict(normalizer="nope"), "unknown normalizer"),
-        (dict(normalizer_options="bogus=1"), "bad option"),
+        (dict(normalizer_options="bogus=1"), "unexpected option .bogus."),
         (dict(levels=["add9"]), "unknown arithmetic level"),
         (dict(task="gsm8k", slice_by="level"), "slice_by=level"),
         (dict(G=1), "G=1: every group is a single completion"),

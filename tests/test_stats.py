@@ -18,6 +18,7 @@ from grponorm.stats import (
     ratio_compare,
     seeds_needed,
 )
+from grponorm.stats.paired import Verdict
 
 # t quantiles written out (t_{df, 0.975}).
 T975 = {2: 4.302652729749462, 3: 3.1824463052837078, 5: 2.5705818356363146, 6: 2.4469118511449786}
@@ -126,8 +127,61 @@ def test_clear_effect_verdicts_both_ways():
     down = compare(b, a)
     assert down.verdict(-1) == "reproduced" and down.verdict(+1) == "contradicted"
     assert up.verdict(0.05) == "reproduced"  # any signed effect works as the expected sign
-    for c in (up, down):
-        assert c.verdict(+1) in VERDICTS
+    assert up.verdict(+1) is Verdict.REPRODUCED and down.verdict(+1) is Verdict.CONTRADICTED
+
+
+@pytest.mark.parametrize(
+    "low, high, n, up, down",
+    [
+        (0.1, 0.5, 4, "reproduced", "contradicted"),  # excludes 0 above
+        (-0.5, -0.1, 4, "contradicted", "reproduced"),  # excludes 0 below
+        (0.0, 0.5, 4, "inconclusive", "inconclusive"),  # touches 0: not excluded
+        (-0.5, 0.0, 4, "inconclusive", "inconclusive"),
+        (-0.1, 0.1, 4, "inconclusive", "inconclusive"),  # contains 0
+        (0.1, 0.5, 1, "inconclusive", "inconclusive"),  # one seed: no interval to trust
+        (math.nan, math.nan, 4, "inconclusive", "inconclusive"),
+    ],
+)
+def test_verdict_rule_at_the_interval_edges(low, high, n, up, down):
+    c = Comparison((low + high) / 2, low, high, 0.5, n, 0.1, "t", 0.95)
+    assert c.verdict(+1) is Verdict(up) and c.verdict(-1) is Verdict(down)
+
+
+def test_verdict_is_its_label_as_text_and_in_json():
+    import json
+
+    v = compare([1.0, 1.1, 0.9], [0.0, 0.1, 0.05]).verdict(+1)
+    assert v is Verdict.REPRODUCED
+    assert (v, str(v), f"{v}", f"{v:>12}") == ("reproduced", "reproduced", "reproduced",
+                                             "  reproduced")
+    assert json.dumps({"v": v, v: [v]}) == '{"v": "reproduced", "reproduced": ["reproduced"]}'
+    assert json.dumps([v], indent=1) == '[\n "reproduced"\n]'
+    assert tuple(Verdict)[:3] == VERDICTS
+
+
+@pytest.mark.parametrize(
+    "cell, verdict",
+    [
+        ("reproduced", Verdict.REPRODUCED),
+        ("reproduced (bound holds)", Verdict.REPRODUCED),
+        ("inconclusive (≈14 seeds would resolve 0.05)", Verdict.INCONCLUSIVE),
+        ("measured: contradicted", Verdict.MEASURED),  # the label it starts with, not any word
+        ("measured: curvature tracks variance (Lemma 2)", Verdict.MEASURED),
+        ("no clear difference (≈4 seeds would resolve 1.43)", Verdict.NO_CLEAR_DIFFERENCE),
+        ("differs (mean +0.051, 40% below 0.1)", Verdict.DIFFERS),
+        ("VIOLATED (3 cases)", Verdict.VIOLATED),
+        ("not run: No module named 'x'", Verdict.NOT_RUN),
+    ],
+)
+def test_verdict_of_a_report_cell(cell, verdict):
+    assert Verdict.of_cell(cell) is verdict
+
+
+@pytest.mark.parametrize("cell", ["", "reproducedx", "Reproduced", "std ahead", "violated (1)",
+                                  " reproduced"])
+def test_a_cell_without_a_verdict_label_raises(cell):
+    with pytest.raises(ValueError, match="starts with none of the verdicts"):
+        Verdict.of_cell(cell)
 
 
 def test_interval_containing_zero_is_inconclusive():

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import copy
+import os
+import random
 import sys
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -173,23 +176,113 @@ def test_sync_weights_pushes_plain_names_and_resets_the_cache(peft_model, model_
     tok = model_tok[1]
     received, resets = [], []
 
+    def receive(items):  # what vLLM holds: a copy of each tensor when it is pushed
+        received.extend((n, t.detach().clone()) for n, t in items)
+
     class NewLLM(FakeLLM):  # newer vLLM: LLM.apply_model
         def apply_model(self, func):
-            return [func(SimpleNamespace(load_weights=lambda items: received.extend(items)))]
+            return [func(SimpleNamespace(load_weights=receive))]
 
         def reset_prefix_cache(self):
-            resets.append(1)
+            resets.append(len(received))
 
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    merged = copy.deepcopy(model).merge_and_unload().state_dict()
     engine = VLLMEngine(model, tok, llm=NewLLM(tok), sampling_params_cls=FakeParams)
     engine.sync_weights()
-    assert [n for n, _ in received] == [n for n, _ in merged_state_items(model)] and resets
-    assert "model.layers.0.self_attn.q_proj.weight" in dict(received)
+    assert [n for n, _ in received] == list(merged)  # every weight once, plain names
+    for n, t in received:  # pushed while merged: W + scale * B A, not the bare base W
+        torch.testing.assert_close(t, merged[n], rtol=0, atol=1e-6)
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.allclose(dict(received)[q], before[f"base_model.model.{q}".replace(
+        ".weight", ".base_layer.weight")])
+    assert resets == [len(merged)]  # the prefix cache is dropped once, after the last weight
+    for n, p in model.named_parameters():  # and the policy is left as it was, bit for bit
+        assert torch.equal(p, before[n]), n
 
-    got = []  # older vLLM: llm.llm_engine.model_executor.driver_worker.model_runner.model
-    runner = SimpleNamespace(model=SimpleNamespace(load_weights=got.extend))
+
+def test_weight_loader_prefers_apply_model_and_names_what_is_missing():
+    old_path = []  # older vLLM: llm.llm_engine.model_executor.driver_worker.model_runner.model
+    runner = SimpleNamespace(model=SimpleNamespace(load_weights=old_path.extend))
     executor = SimpleNamespace(driver_worker=SimpleNamespace(model_runner=runner))
-    old_llm = SimpleNamespace(llm_engine=SimpleNamespace(model_executor=executor))
-    _weight_loader(old_llm)([("a", 1)])
-    assert got == [("a", 1)]
-    with pytest.raises(RuntimeError, match="cannot push weights"):
+    applied = []
+    both = SimpleNamespace(llm_engine=SimpleNamespace(model_executor=executor),
+                           apply_model=lambda f: applied.append(f(runner.model)))
+    _weight_loader(both)([("a", 1)])  # apply_model runs the load inside the engine's model
+    assert old_path == [("a", 1)] and applied == [None]
+    old_path.clear()
+    _weight_loader(SimpleNamespace(llm_engine=SimpleNamespace(model_executor=executor)))(
+        [("b", 2)])
+    assert old_path == [("b", 2)]
+    with pytest.raises(RuntimeError, match="neither LLM.apply_model nor"):
         _weight_loader(SimpleNamespace(generate=None))
+
+
+class _FakeVLLM:
+    """Stands in for the ``vllm`` module: ``LLM(**kwargs)`` records its arguments and the
+    environment it was built in, and reseeds the global RNGs as vLLM does."""
+
+    def __init__(self, tok):
+        self.built = []
+
+        outer = self
+
+        class LLM(FakeLLM):
+            def __init__(self, **kwargs):
+                outer.built.append((kwargs, os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")))
+                random.seed(1)
+                np.random.seed(1)  # noqa: NPY002 (vLLM seeds the global states)
+                torch.manual_seed(1)
+                FakeLLM.__init__(self, tok)
+
+            def generate(self, requests, params, use_tqdm=True):
+                random.seed(2)
+                torch.manual_seed(2)
+                return FakeLLM.generate(self, requests, params, use_tqdm)
+
+        self.LLM, self.SamplingParams = LLM, FakeParams
+
+
+def _rng_draws():
+    return random.random(), float(np.random.random()), float(torch.rand(1))  # noqa: NPY002
+
+
+def test_engine_builds_vllm_from_the_base_checkpoint(peft_model, model_tok, tiny_policy_dir,
+                                                     monkeypatch):
+    model, _ = peft_model
+    tok = model_tok[1]
+    fake = _FakeVLLM(tok)
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    random.seed(7)
+    np.random.seed(7)  # noqa: NPY002
+    torch.manual_seed(7)
+    expected = _rng_draws()
+    random.seed(7)
+    np.random.seed(7)  # noqa: NPY002
+    torch.manual_seed(7)
+    engine = VLLMEngine(model, tok, gpu_memory_utilization=0.5, dtype="bfloat16",
+                        enable_prefix_caching=False)
+    (kwargs, env), = fake.built
+    assert kwargs == {"model": str(tiny_policy_dir), "dtype": "bfloat16",
+                      "gpu_memory_utilization": 0.5, "enable_prefix_caching": False,
+                      "logprobs_mode": "raw_logprobs"}  # the base model vLLM loads, not LoRA
+    assert env == "0"  # in-process engine while it is built (weights sync in memory) ...
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in os.environ  # ... and unset afterwards
+    assert engine.sampling_params_cls is FakeParams  # vllm.SamplingParams
+    engine.generate(PROMPTS, 2, max_new_tokens=4)
+    assert _rng_draws() == expected  # vLLM's reseeding did not touch the caller's streams
+
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")  # the user's choice stays
+    VLLMEngine(model, tok)
+    assert fake.built[-1][1] == "1" and os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
+    assert fake.built[-1][0]["dtype"] == "auto" and fake.built[-1][0]["enable_prefix_caching"]
+
+
+def test_base_checkpoint_must_be_known(model_tok, monkeypatch):
+    model, tok = model_tok
+    monkeypatch.setitem(sys.modules, "vllm", _FakeVLLM(tok))
+    monkeypatch.setattr(model, "name_or_path", "")
+    monkeypatch.setattr(model.config, "_name_or_path", "")
+    with pytest.raises(ValueError, match="no name_or_path"):
+        VLLMEngine(model, tok)

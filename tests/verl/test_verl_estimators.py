@@ -18,7 +18,11 @@ import torch
 core_algos = pytest.importorskip("verl.trainer.ppo.core_algos")
 
 from grponorm.integrations import verl as gv  # noqa: E402
-from grponorm.normalizers import available_normalizers, normalize  # noqa: E402
+from grponorm.normalizers import (  # noqa: E402
+    NormalizerContext,
+    available_normalizers,
+    normalize,
+)
 
 SIZES = (1, 1, 2, 3, 3, 5, 8, 8)  # ragged, two singletons
 T = 9
@@ -302,3 +306,91 @@ def test_verl_use_external_modules_registers_without_the_entry_point():
     )
     assert "grponorm_group_std" in names.split(",")
     assert _fresh_python(CHECK, VERL_USE_EXTERNAL_PLUGINS="none") == ""
+
+
+# ------------------------------------------------------------------------------------------
+# Issue 17: opo, reinforce_pp_baseline, gdpo against verl's own functions; refusals; state
+# ------------------------------------------------------------------------------------------
+
+NO_SINGLETONS = (2, 3, 3, 5, 8, 8)  # ragged, interleaved: verl gives singletons the raw score
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_opo_equals_verl_opo_on_ragged_groups(seed):
+    rewards, mask, uids = make_batch(seed, NO_SINGLETONS)
+    ours, _ = verl_est("grponorm_opo", rewards, mask, uids)
+    ref, _ = verl_est("opo", rewards, mask, uids)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_reinforce_pp_baseline_equals_verl_on_ragged_groups(seed):
+    rewards, mask, uids = make_batch(seed, NO_SINGLETONS, equal_value=None)
+    fn = gv.estimator("reinforce_pp_baseline", token_weighted=True)  # verl whitens over tokens
+    ours, _ = fn(rewards.clone(), mask, index=uids)
+    ref, _ = verl_est("reinforce_plus_plus_baseline", rewards, mask, uids)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    sample, _ = verl_est("grponorm_reinforce_pp_baseline", rewards, mask, uids)
+    assert not torch.allclose(sample, ref, atol=1e-3)  # the default weighs samples, not tokens
+
+
+def _gdpo_batch(seed: int, n_groups: int = 5, g: int = 4, k: int = 3):
+    rng = np.random.default_rng(seed)
+    uids = np.array([f"u{i}" for i in range(n_groups) for _ in range(g)], dtype=object)
+    perm = rng.permutation(uids.size)
+    uids = uids[perm]
+    comp = rng.integers(0, 3, size=(uids.size, k)).astype(np.float32) / 2  # (bs, K)
+    comp[uids == "u0"] = comp[uids == "u0"][0]  # a group flat in every component
+    lengths = rng.integers(1, T + 1, uids.size)
+    mask = torch.tensor((np.arange(T)[None, :] < lengths[:, None]).astype(np.float32))
+    prompt_len = 2
+    attention = torch.cat([torch.ones(uids.size, prompt_len), mask], dim=1).long()
+    batch = {"prompts": torch.zeros(uids.size, prompt_len, dtype=torch.long),
+             "attention_mask": attention}
+    keys = [f"r{j}" for j in range(k)]
+    non_tensor = {key: comp[:, j] for j, key in enumerate(keys)}
+    return uids, comp, mask, batch, keys, non_tensor
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_gdpo_equals_verl_gdpo(seed):
+    from omegaconf import OmegaConf
+
+    uids, comp, mask, batch, keys, non_tensor = _gdpo_batch(seed)
+    weights = [1.0, 0.5, 2.0]
+    cfg = OmegaConf.create({"gdpo_reward_keys": keys, "gdpo_reward_weights": weights})
+    rewards = torch.zeros_like(mask)
+    ref, _ = core_algos.compute_gdpo_outcome_advantage(
+        token_level_rewards=rewards, response_mask=mask, index=uids, config=cfg,
+        non_tensor_batch=non_tensor, batch=batch,
+    )
+    order = np.argsort(uids, kind="stable")  # group the rows: (n_groups, G)
+    grouped = torch.tensor(comp[order]).double().view(5, 4, 3)
+    lengths = mask.sum(-1).double()[order].view(5, 4)
+    adv = normalize(grouped.sum(-1), "gdpo", weights=weights, token_weighted=True,
+                    context=NormalizerContext(components=grouped, lengths=lengths))
+    ours = torch.empty(uids.size, dtype=torch.float64)
+    ours[torch.as_tensor(order)] = adv.reshape(-1)
+    torch.testing.assert_close((ours[:, None] * mask).float(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_verl_refuses_what_it_cannot_feed():
+    rewards, mask, uids = make_batch(0, NO_SINGLETONS)
+    with pytest.raises(ValueError, match="no reward components.*7473"):
+        verl_est("grponorm_gdpo", rewards, mask, uids)
+    with pytest.raises(ValueError, match="uuid4.*persist=False"):
+        verl_est("grponorm_krpo", rewards, mask, uids)
+    with pytest.raises(ValueError, match="reward components"):
+        gv.estimator("gdpo")
+    fn = gv.estimator("krpo", persist=False)  # the authors' form needs neither state nor ids
+    adv, _ = fn(rewards, mask, index=uids)
+    assert adv.shape == rewards.shape
+
+
+def test_running_std_state_lives_in_the_estimator_across_calls():
+    fn = gv.estimator("running_std")
+    rewards, mask, uids = make_batch(1, NO_SINGLETONS)
+    fn(rewards, mask, index=uids)
+    first = fn.grponorm_state.count
+    fn(rewards, mask, index=uids)
+    assert first == len(uids) and fn.grponorm_state.count == 2 * len(uids)

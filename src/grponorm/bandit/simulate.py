@@ -29,11 +29,29 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..normalizers import normalize
+from ..normalizers import (
+    NormalizerContext,
+    available_normalizers,
+    get_spec,
+    make_state,
+    normalize,
+)
 from .exact import METHODS, logit_direction, softmax_with_complement
 from .features import Features
 
 # ------------------------------------------------------------------------ shared utilities
+
+
+#: What the bandit can give a normalizer besides the rewards: each question's index (stable
+#: across steps: a stateful normalizer keeps its per-prompt state by it) and its one reward as
+#: the only component. It has no completion lengths.
+BANDIT_CONTEXT = {"prompt_ids", "components"}
+
+
+def bandit_normalizers() -> list[str]:
+    """The registered normalizers the bandit can run (their context within ``BANDIT_CONTEXT``
+    at default options), sorted."""
+    return [m for m in available_normalizers() if set(get_spec(m).needs({})) <= BANDIT_CONTEXT]
 
 
 def _check_common(features: Features, a, eta, T: int, seeds) -> tuple[np.ndarray, list[int]]:
@@ -443,6 +461,11 @@ def simulate_sampled(
         raise ValueError(f"G (samples per question) must be >= 2, got {G}")
     opts = dict(normalizer_options or {})
     n, K, S = features.n, features.K, len(seeds)
+    needs = set(get_spec(normalizer).needs(opts))
+    if needs - BANDIT_CONTEXT:
+        raise ValueError(f"normalizer {normalizer!r} needs {sorted(needs - BANDIT_CONTEXT)}, "
+                         "which the bandit has not (its outputs have no length)")
+    states = [make_state(normalizer, **opts) for _ in seeds]  # one per run; None if stateless
     z0 = _check_z0(z0, S, n, K)
     path = _pick_path(features, _check_adam(features, path, optimizer, adam_betas, adam_eps))
     rngs = [np.random.default_rng([s, 1]) for s in seeds]
@@ -480,7 +503,10 @@ def simulate_sampled(
         for s in range(S):
             out = sample_outputs(rngs[s], p[s], G)  # (n, G)
             rewards = (out == a[:, None]).astype(np.float64)  # (n, G)
-            adv = normalize(rewards, normalizer, **opts)
+            ctx = None if not needs else NormalizerContext(
+                prompt_ids=list(range(n)) if "prompt_ids" in needs else None,  # question index
+                components=rewards[..., None] if "components" in needs else None)  # (n, G, 1)
+            adv = normalize(rewards, normalizer, context=ctx, state=states[s], **opts)
             g[s] = sampled_direction(p[s], out, adv)
             outs[s], rews[s] = out, rewards
             if j is not None:

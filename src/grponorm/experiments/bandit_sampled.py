@@ -38,8 +38,7 @@ from ..bandit.features import (
     overlap_features,
     theta_for_logits,
 )
-from ..bandit.simulate import simulate_sampled
-from ..normalizers import available_normalizers
+from ..bandit.simulate import bandit_normalizers, simulate_sampled
 from ..runs import Run, markdown_table
 from ..stats import compare
 from .rows import entry
@@ -60,7 +59,7 @@ class SampledConfig:
     features: str = "overlap"  # "overlap" (cos = rho across questions) or "orthogonal"
     rho: float = 0.3  # overlap between questions' k-th features (features="overlap")
     seeds: int = 4  # seeds per (optimizer, normalizer, learning rate, set)
-    normalizers: list = field(default_factory=available_normalizers)  # which to compare
+    normalizers: list = field(default_factory=bandit_normalizers)  # which (default: all it can run)
     lrs: list = field(default_factory=lambda: [0.3, 1.0, 3.0, 10.0, 30.0])  # SGD LR grid
     shared_lr: float = 1.0  # the SGD learning rate of the shared-LR comparison (in lrs)
     optimizers: list = field(default_factory=lambda: ["sgd"])  # "sgd" and/or "adam"

@@ -14,14 +14,14 @@ import importlib
 from dataclasses import dataclass
 from types import ModuleType
 
-__all__ = ["EXPERIMENTS", "Experiment", "by_command", "by_id", "paper_experiments"]
+__all__ = ["EXPERIMENTS", "Experiment", "by_id", "paper_experiments"]
 
 
 @dataclass(frozen=True)
 class Experiment:
     """One runnable experiment."""
 
-    group: str  # CLI group: bandit, diag or rl
+    group: str  # CLI group: bandit, diag, rl or normalizers
     command: str  # CLI command within the group
     module: str  # module with the config class and run(cfg, progress)
     config: str  # name of its dataclass config
@@ -60,15 +60,10 @@ EXPERIMENTS = [
     Experiment("rl", "compare", "grponorm.experiments.rl_compare", "CompareConfig",
                "E6: every normalizer on every slice with the same seeds; smoothed accuracy "
                "figure and summary table", "E6"),
+    Experiment("normalizers", "show", "grponorm.experiments.normalizers_show", "ShowConfig",
+               "each normalizer's effective gain ||A||/||r - mean|| on binary groups at every "
+               "success count k (figure + table)"),
 ]
-
-
-def by_command(group: str, command: str) -> Experiment:
-    """The experiment run by ``grponorm <group> <command>``."""
-    for e in EXPERIMENTS:
-        if (e.group, e.command) == (group, command):
-            return e
-    raise KeyError(f"no experiment {group} {command}")
 
 
 def paper_experiments() -> list[Experiment]:

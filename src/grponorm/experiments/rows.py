@@ -4,6 +4,11 @@ A comparative row shows the difference with its interval, the number of seeds an
 ``grponorm.stats`` (DESIGN §6). Experiments compute the :class:`~grponorm.stats.Comparison` when
 they run and keep :func:`entry` of it in their summary (plain JSON: the report reads summaries
 back from disk), so ``report_rows`` only formats strings.
+
+The verdict column is typed: :func:`verdict_cell` and :func:`ratio_entry` give a
+:class:`VerdictCell`, a ``str`` (written to summaries as its text alone) that carries its
+:class:`~grponorm.stats.paired.Verdict`; :func:`as_verdict_cell` types a cell read back from
+disk by the verdict label it starts with. The report colours a cell by that type.
 """
 
 from __future__ import annotations
@@ -11,8 +16,67 @@ from __future__ import annotations
 import math
 
 from ..stats import Comparison, RatioComparison
+from ..stats.paired import Verdict
 
-__all__ = ["entry", "fmt", "interval_text", "ratio_entry", "verdict_cell"]
+__all__ = ["VerdictCell", "as_verdict_cell", "entry", "fmt", "interval_text", "ratio_entry",
+           "verdict_cell"]
+
+
+class VerdictCell(str):
+    """The text of a verdict cell with its :class:`Verdict` (``.verdict``).
+
+    ``VerdictCell("inconclusive (1 seed)")`` takes the verdict from the label the text starts
+    with (:meth:`Verdict.of_cell`); ``VerdictCell("Std ahead here", Verdict.POSITIVE)`` gives it
+    for a text that starts with none. A ``str`` otherwise: equal to, printed and JSON-encoded as
+    its text.
+
+    Raises:
+        ValueError: If ``verdict`` is None and the text starts with no verdict's label, or the
+            text starts with another verdict's label than ``verdict``.
+    """
+
+    verdict: Verdict
+
+    def __new__(cls, text: str, verdict: Verdict | None = None):
+        self = super().__new__(cls, text)
+        if verdict is None:
+            self.verdict = Verdict.of_cell(str(text))
+            return self
+        self.verdict = Verdict(verdict)
+        try:
+            labelled = Verdict.of_cell(str(text))
+        except ValueError:
+            return self  # free text: the verdict given is its type
+        if labelled is not self.verdict:
+            raise ValueError(f"verdict cell {str(text)!r} starts with {labelled.value!r} but "
+                             f"was given the verdict {self.verdict.value!r}")
+        return self
+
+    def __getnewargs__(self):  # pickling (worker processes): the text and its verdict
+        return str(self), self.verdict
+
+
+#: Verdict cells of ``rl_compare.report_rows`` (a pass-rate bin's direction) that start with no
+#: verdict's label, and their type.
+_WORDED = {"Std ahead here": Verdict.POSITIVE, "Std behind here": Verdict.NEGATIVE}
+
+
+def as_verdict_cell(cell) -> VerdictCell:
+    """A report row's verdict cell, typed: a :class:`VerdictCell` as it is, a :class:`Verdict`
+    with its label as text, a plain string (a summary read back from disk) by the verdict label
+    it starts with (:meth:`Verdict.of_cell`).
+
+    Raises:
+        ValueError: If a string starts with no verdict's label.
+        TypeError: If ``cell`` is not a string.
+    """
+    if isinstance(cell, VerdictCell):
+        return cell
+    if isinstance(cell, Verdict):
+        return VerdictCell(cell.value, cell)
+    if not isinstance(cell, str):
+        raise TypeError(f"a verdict cell is a string; got {type(cell).__name__} {cell!r}")
+    return VerdictCell(cell, _WORDED.get(cell))
 
 
 def fmt(x, nd: int = 3) -> str:
@@ -42,9 +106,9 @@ def interval_text(c: Comparison, nd: int = 3, unit: str = "seeds") -> str:
 
 
 def verdict_cell(c: Comparison, expected_sign: float | None, effect: float | None = None,
-                 unit: str = "seeds", effect_text: str | None = None) -> str:
+                 unit: str = "seeds", effect_text: str | None = None) -> VerdictCell:
     """The verdict column: ``reproduced`` / ``contradicted`` / ``inconclusive (1 seed)`` /
-    ``inconclusive (≈14 seeds would resolve 0.05)``.
+    ``inconclusive (≈14 seeds would resolve 0.05)``, typed (:class:`VerdictCell`).
 
     Args:
         c: The comparison (``a - b``).
@@ -56,23 +120,25 @@ def verdict_cell(c: Comparison, expected_sign: float | None, effect: float | Non
     """
     if not c.resolvable:
         one = unit[:-1] if unit.endswith("s") and c.n == 1 else unit
-        return f"inconclusive ({c.n} {one})"
+        return VerdictCell(f"inconclusive ({c.n} {one})", Verdict.INCONCLUSIVE)
     if expected_sign is None:
-        label = "positive" if c.low > 0 else "negative" if c.high < 0 else "no clear difference"
-        if label != "no clear difference":
-            return label
+        label = (Verdict.POSITIVE if c.low > 0 else Verdict.NEGATIVE if c.high < 0
+                 else Verdict.NO_CLEAR_DIFFERENCE)
+        if label is not Verdict.NO_CLEAR_DIFFERENCE:
+            return VerdictCell(label.value, label)
     else:
         label = c.verdict(expected_sign)
-        if label != "inconclusive":
-            return label
+        if label is not Verdict.INCONCLUSIVE:
+            return VerdictCell(label.value, label)
     target = abs(c.diff) if effect is None else abs(float(effect))
     what = effect_text if effect_text is not None else _num(target, signed=False)
     if effect is not None and -target < c.low and c.high < target:
-        return f"{label} (interval excludes ±{what}: any effect is smaller)"
+        return VerdictCell(f"{label.value} (interval excludes ±{what}: any effect is smaller)",
+                           label)
     needed = c.seeds_needed(target) if target > 0 else None
     if needed is None:
-        return label
-    return f"{label} (≈{needed} {unit} would resolve {what})"
+        return VerdictCell(label.value, label)
+    return VerdictCell(f"{label.value} (≈{needed} {unit} would resolve {what})", label)
 
 
 def entry(c: Comparison, expected_sign: float | None, effect: float | None = None,
@@ -92,11 +158,14 @@ def ratio_entry(rc: RatioComparison, expected_sign: float = 1.0) -> dict:
     if log.resolvable:
         text = f"{_num(rc.ratio, False)}× [{_num(rc.low, False)}, {_num(rc.high, False)}], {n}"
         needed = rc.seeds_needed(rc.ratio) if rc.ratio != 1 else None
-        verdict = rc.verdict(expected_sign)
-        if verdict == "inconclusive" and needed is not None:
-            verdict += f" (≈{needed} seeds would resolve {_num(rc.ratio, False)}×)"
+        label = rc.verdict(expected_sign)
+        verdict = VerdictCell(label.value, label)
+        if label is Verdict.INCONCLUSIVE and needed is not None:
+            verdict = VerdictCell(
+                f"{label.value} (≈{needed} seeds would resolve {_num(rc.ratio, False)}×)", label)
     else:
-        text, verdict = f"{_num(rc.ratio, False)}×, {n}", f"inconclusive ({log.n} seed)"
+        text = f"{_num(rc.ratio, False)}×, {n}"
+        verdict = VerdictCell(f"inconclusive ({log.n} seed)", Verdict.INCONCLUSIVE)
     return {"ratio": rc.ratio, "low": None if math.isnan(rc.low) else rc.low,
             "high": None if math.isnan(rc.high) else rc.high, "n": log.n, "p": (
                 None if math.isnan(log.p) else log.p), "text": text, "verdict": verdict}

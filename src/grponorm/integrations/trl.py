@@ -21,15 +21,34 @@ processes). TRL has no public advantage hook: its maintainers say to subclass an
 TRL's own normalization still runs (it is cheap) and its result is discarded, so
 ``args.scale_rewards`` has no effect; TRL's ``frac_reward_zero_std`` metric is left as it is.
 Rows that no reward function scored get advantage 0 and stay out of their group's statistics, as
-in TRL; a group with such rows is normalized alone over its scored rows (for ``batch_std`` its
-scale is then its own). Only ``multi_objective_aggregation="sum_then_normalize"`` is supported.
+in TRL; a batch with such rows is normalized over its scored rows as ragged groups
+(:func:`grponorm.normalizers.normalize_ragged`): group-wise normalizers per group, batch-level
+ones with their ragged implementation or a ValueError. Only
+``multi_objective_aggregation="sum_then_normalize"`` is accepted (``gdpo`` is the registry's
+normalize-then-sum).
+
+Context and state (only what the normalizer's spec needs is gathered):
+
+* ``lengths``: the completion lengths, ``completion_mask.sum(1)``, gathered from all processes;
+* ``prompt_ids``: the dataset column ``prompt_id`` if the rows have one, else a SHA-1 of the
+  prompt (text or chat messages, as JSON), gathered;
+* ``components``: TRL's gathered ``rewards_per_func`` ``(n_total, n_funcs)``, unweighted; for
+  ``gdpo`` the weights default to TRL's ``reward_weights``.
+
+A stateful normalizer's state (``make_state``) lives in the trainer (``normalizer_state``) and is
+saved in every TRL checkpoint as ``grponorm_normalizer_state.json``
+(:data:`STATE_FILE`, ``_save_checkpoint``) and restored on ``resume_from_checkpoint``
+(``_load_from_checkpoint``). Every process computes the same gathered advantages, so every
+process holds the same state; the main process writes it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
+import os
 from typing import Any
 
 import torch
@@ -37,38 +56,56 @@ from trl import GRPOTrainer
 
 from grponorm.normalizers import (
     AdvantageStats,
+    NormalizerContext,
+    NormalizerOptionError,
     advantage_stats,
-    get_normalizer,
-    normalize,
+    check_options,
+    get_spec,
+    make_state,
+    normalize_ragged,
     normalize_with_stats,
 )
 
 __all__ = [
+    "STATE_FILE",
     "GatheredAdvantages",
     "NormalizedGRPOTrainer",
     "advantages_from_gathered",
     "check_normalizer",
     "combined_rewards",
+    "prompt_id",
 ]
 
 logger = logging.getLogger(__name__)
 
-_PROBE = [[0.0, 1.0, 1.0, 0.0]]  # one binary group: every registered normalizer accepts it
+#: File of the normalizer state in a TRL checkpoint folder.
+STATE_FILE = "grponorm_normalizer_state.json"
 
 
 def check_normalizer(name: str, options: dict[str, Any]) -> None:
-    """Fails early on an unknown normalizer name or options it does not accept.
+    """Fails early on an unknown normalizer name or options it does not accept
+    (:func:`grponorm.normalizers.check_options`, with the options named in the message).
 
     Raises:
         UnknownNormalizerError: ``name`` is not registered (the message lists the names).
-        TypeError: an option the normalizer does not take.
-        ValueError: an option value it rejects.
+        NormalizerOptionError: an option the normalizer does not take or a value it rejects
+            (a TypeError and a ValueError).
     """
-    get_normalizer(name)
     try:
-        normalize(torch.tensor(_PROBE), name, **options)
-    except TypeError as err:
-        raise TypeError(f"normalizer_options {options!r} do not fit {name!r}: {err}") from err
+        check_options(name, options)
+    except NormalizerOptionError as err:
+        raise NormalizerOptionError(
+            f"normalizer_options {options!r} do not fit {name!r}: {err}"
+        ) from err
+
+
+def prompt_id(row: dict[str, Any]) -> str:
+    """A stable id of a dataset row's prompt: its ``prompt_id`` column if present, else the
+    SHA-1 of the prompt (text, or chat messages as sorted JSON)."""
+    if row.get("prompt_id") is not None:
+        return str(row["prompt_id"])
+    text = json.dumps(row.get("prompt"), sort_keys=True, default=str)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
 def combined_rewards(rewards_per_func: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -96,25 +133,53 @@ class GatheredAdvantages:
     group_reward_std: torch.Tensor  # (n_groups,) Bessel std of each group's scored rewards
 
 
-def _normalize_partial(grouped: torch.Tensor, method: str, options: dict[str, Any]):
-    """Registry advantages when some rewards are NaN (unscored) or G < 2.
-
-    Complete groups are normalized together; a group with unscored rows is normalized alone
-    over its scored rows (fewer than 2: all 0); unscored rows get 0.
-    """
-    scored = ~torch.isnan(grouped)  # (n_groups, G)
-    adv = torch.zeros_like(grouped)
-    full = scored.all(dim=1)  # (n_groups,)
-    if grouped.shape[1] >= 2 and bool(full.any()):
-        adv[full] = normalize(grouped[full], method, **options)
-    for i in (~full).nonzero().flatten().tolist():
-        row = grouped[i][scored[i]][None, :]  # (1, k)
-        if row.shape[1] >= 2:
-            adv[i, scored[i]] = normalize(row, method, **options)[0]
+def _normalize_partial(
+    rewards: torch.Tensor, num_generations: int, method: str, options: dict[str, Any],
+    context: NormalizerContext | None, state: Any,
+):
+    """Registry advantages when some rewards are NaN (unscored) or G < 2: the scored rows as
+    ragged groups (:func:`grponorm.normalizers.normalize_ragged`); unscored rows get 0."""
+    grouped = rewards.view(-1, num_generations)  # (n_groups, G)
+    scored = ~torch.isnan(rewards)  # (n_total,)
+    adv = torch.zeros_like(rewards)  # (n_total,)
+    if bool(scored.any()):
+        rows = scored.nonzero().flatten()  # (n_scored,)
+        labels = (torch.arange(rewards.numel(), device=rewards.device) // num_generations)[rows]
+        sub = None
+        if context is not None:
+            sub = NormalizerContext(**{
+                name: _select(getattr(context, name), rows) for name in context.given()
+            })
+        adv[rows] = normalize_ragged(
+            rewards[rows], labels, method, context=sub, state=state, **options
+        )
     lo = grouped.nan_to_num(float("inf")).amin(dim=1)  # (n_groups,)
     hi = grouped.nan_to_num(float("-inf")).amax(dim=1)
     flat = ~(hi > lo)  # (n_groups,) all-equal (or unscored) groups
-    return adv, advantage_stats(adv.float(), int(flat.numel()), int(flat.sum()))
+    return adv.view(-1, num_generations), advantage_stats(
+        adv.float(), int(flat.numel()), int(flat.sum())
+    )
+
+
+def _select(value: Any, rows: torch.Tensor) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value[rows.to(value.device)]
+    return [value[i] for i in rows.tolist()]
+
+
+def _grouped(context: NormalizerContext | None, num_generations: int):
+    """Row-form context ``(n_total, ...)`` -> grouped form ``(n_groups, G, ...)``."""
+    if context is None:
+        return None
+    g = num_generations
+    return NormalizerContext(
+        lengths=None if context.lengths is None else context.lengths.view(-1, g),
+        prompt_ids=None if context.prompt_ids is None else list(context.prompt_ids)[::g],
+        components=(
+            None if context.components is None
+            else context.components.view(-1, g, context.components.shape[-1])
+        ),
+    )
 
 
 def _group_reward_std(grouped: torch.Tensor) -> torch.Tensor:
@@ -133,6 +198,9 @@ def advantages_from_gathered(
     n_local: int,
     method: str,
     options: dict[str, Any] | None = None,
+    *,
+    context: NormalizerContext | None = None,
+    state: Any = None,
 ) -> GatheredAdvantages:
     """Normalizes the gathered rewards by whole groups and slices this process's rows.
 
@@ -144,6 +212,10 @@ def advantages_from_gathered(
             ``[process_index * n_local, (process_index + 1) * n_local)``, as in TRL.
         n_local: Rows per process.
         method: Registry normalizer name; ``options`` are its keyword options.
+        context: Row-form :class:`~grponorm.normalizers.NormalizerContext` of the gathered rows
+            (lengths ``(n_total,)``, prompt_ids ``(n_total,)``, components
+            ``(n_total, n_funcs)``), with what the normalizer needs.
+        state: The normalizer's per-run state, if it keeps one (updated in place).
 
     Returns:
         :class:`GatheredAdvantages` (advantages in ``rewards``' dtype and device).
@@ -151,9 +223,11 @@ def advantages_from_gathered(
     options = options or {}
     grouped = rewards.view(-1, num_generations)  # (n_groups, G)
     if num_generations >= 2 and not bool(torch.isnan(grouped).any()):
-        adv, stats = normalize_with_stats(grouped, method, **options)
+        adv, stats = normalize_with_stats(
+            grouped, method, context=_grouped(context, num_generations), state=state, **options
+        )
     else:
-        adv, stats = _normalize_partial(grouped, method, options)
+        adv, stats = _normalize_partial(rewards, num_generations, method, options, context, state)
     flat = adv.reshape(-1)  # (n_total,)
     local = flat[process_index * n_local : (process_index + 1) * n_local]  # (n_local,)
     return GatheredAdvantages(flat, local, stats, _group_reward_std(grouped))
@@ -187,6 +261,7 @@ class NormalizedGRPOTrainer(GRPOTrainer):
         check_normalizer(normalizer, options)
         self.normalizer = normalizer
         self.normalizer_options = options
+        self.normalizer_state = make_state(normalizer, **options)
         self._gathered_rewards: torch.Tensor | None = None
         self._normalizer_logged = False
         super().__init__(*args, **kwargs)
@@ -211,18 +286,80 @@ class NormalizedGRPOTrainer(GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         group = self.num_generations if mode == "train" else self.num_generations_eval
         rewards = combined_rewards(self._gathered_rewards, self.reward_weights)  # (n_total,)
+        options = dict(self.normalizer_options)
+        if self.normalizer == "gdpo" and options.get("weights") is None:
+            options["weights"] = [float(w) for w in self.reward_weights.tolist()]
         result = advantages_from_gathered(
             rewards,
             group,
             self.accelerator.process_index,
             len(inputs),
             self.normalizer,
-            self.normalizer_options,
+            options,
+            context=self._gathered_context(inputs, output, options),
+            state=self.normalizer_state,
         )
         output["advantages"] = result.local.to(output["advantages"].dtype)
         self._replace_logged_advantages(result.all)
         self._record_metrics(mode, result)
         return output
+
+    def _gathered_context(self, inputs, output, options) -> NormalizerContext | None:
+        """The context the normalizer needs, gathered from all processes (row form)."""
+        needs = get_spec(self.normalizer).needs(options)
+        if not needs:
+            return None
+        fields: dict[str, Any] = {}
+        if "lengths" in needs:
+            lengths = output["completion_mask"].sum(dim=1).to(torch.float64)  # (n_local,)
+            fields["lengths"] = self.accelerator.gather(lengths)  # (n_total,)
+        if "prompt_ids" in needs:
+            from accelerate.utils import gather_object
+
+            fields["prompt_ids"] = list(gather_object([prompt_id(row) for row in inputs]))
+        if "components" in needs:
+            fields["components"] = self._gathered_rewards  # (n_total, n_funcs)
+        return NormalizerContext(**fields)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """TRL's checkpoint, plus the normalizer's state (:data:`STATE_FILE`)."""
+        super()._save_checkpoint(model, trial)
+        if self.normalizer_state is None or not self.args.should_save:
+            return
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        folder = os.path.join(
+            self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        )
+        payload = {
+            "normalizer": self.normalizer,
+            "options": self.normalizer_options,
+            "state": self.normalizer_state.state_dict(),
+        }
+        tmp = os.path.join(folder, STATE_FILE + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(payload, f)
+        os.replace(tmp, os.path.join(folder, STATE_FILE))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
+        """TRL's resume, plus the normalizer's state if the checkpoint has one."""
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = os.path.join(resume_from_checkpoint, STATE_FILE)
+        if self.normalizer_state is None:
+            return
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"{resume_from_checkpoint} has no {STATE_FILE}: normalizer {self.normalizer!r} "
+                f"keeps state across steps and cannot resume without it"
+            )
+        with open(path, encoding="utf-8") as f:
+            payload = json.load(f)
+        if payload.get("normalizer") != self.normalizer:
+            raise ValueError(
+                f"{path} holds the state of normalizer {payload.get('normalizer')!r}, "
+                f"not {self.normalizer!r}"
+            )
+        self.normalizer_state.load_state_dict(payload["state"])
 
     def _replace_logged_advantages(self, advantages: torch.Tensor) -> None:
         """Swaps the rows TRL just appended to the completions table for ``advantages``."""

@@ -326,7 +326,7 @@ class BackendTrainer(NormalizedGRPOTrainer):
 
     def _record_metrics(self, mode, result):
         super()._record_metrics(mode, result)
-        self._last_stats = result.stats
+        self._last_stats, self._last_adv = result.stats, result.all
 
     def _generate_and_score_completions(self, inputs):
         t0 = time.perf_counter()
@@ -342,6 +342,7 @@ class BackendTrainer(NormalizedGRPOTrainer):
             "ids": ids,
             "tokens": float(tokens.sum()),
             "stats": self._last_stats,
+            "adv": self._last_adv.detach().float().cpu(),  # (n_total,) trained on
             "time_generate": self._t_generate,
             "time_score": time.perf_counter() - t0,
         })
@@ -407,7 +408,8 @@ class RecordCallback(TrainerCallback):
                      time_step=t_step)
         rewards = batch["rewards"].view(-1, cfg.G)  # (prompts, G)
         return session_record(cfg, step, rewards, problems, self.prep.labels, batch["stats"],
-                              update, batch["tokens"], logs[-1].get("learning_rate"), times)
+                              update, batch["tokens"], logs[-1].get("learning_rate"), times,
+                              adv=batch["adv"].view(-1, cfg.G))
 
 
 def _local_cfg(cfg: TrainConfig) -> TrainConfig:

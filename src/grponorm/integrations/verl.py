@@ -22,10 +22,22 @@ a singleton's raw score through (``grpo``: ``score / (1 + 1e-6)``, ``rloo``: ``s
 an all-equal group ``grpo`` returns the rounding residue ``(r - mean) / 1e-6`` where grponorm
 returns exactly 0.
 
-Batch-level normalizers (:data:`BATCH_LEVEL_NORMALIZERS`: ``batch_std``, ``gpg``, and ``bnpo``
-unless ``alpha`` and ``beta`` are fixed) couple all groups through a batch-wide statistic, so
-bucketing would give each bucket its own: they raise ValueError on ragged input (several group
-sizes, singletons included) and are exact when every group has the same size.
+Batch-level normalizers (those whose registry spec says so: ``get_spec(name).is_batch_level
+(options)``; e.g. ``batch_std``, ``gpg``, ``bnpo`` unless ``alpha`` and ``beta`` are fixed, and
+any user-registered one declared ``batch_level=True``) couple all groups through a batch-wide
+statistic, so bucketing would give each bucket its own: on ragged input (several group sizes,
+singletons included) they run their registered ragged implementation (``reinforce_pp_baseline``,
+``batch_zscore``, ``running_std``) or raise ValueError; they are exact when every group has the
+same size. The grouping is :func:`grponorm.normalizers.normalize_ragged`, shared with TRL.
+
+Context and state. ``lengths`` come from ``response_mask.sum(-1)``, ``prompt_ids`` from
+``index``. verl's ``uid`` is a fresh ``uuid4`` per prompt per step, so it cannot key state across
+steps: ``krpo`` with ``persist=True`` is refused (use ``persist=False``, the authors' form).
+verl passes no reward components to a custom estimator (only its own ``gdpo`` branch gets
+``non_tensor_batch``; verl PR #7473), so ``grponorm_gdpo`` is refused with that message. A
+stateful normalizer (``running_std``) keeps its state in the estimator function
+(``grponorm_state``), i.e. in the process that computes advantages (the driver / the
+``TaskRunnerV1`` actor); it is not saved in verl's checkpoints.
 
 Options. Normalizer options (``eps``, ``ddof``, ``alpha``, ...) come from two places, merged with
 the run's config winning: the keyword arguments of :func:`estimator`, and the mapping
@@ -76,15 +88,16 @@ import numpy as np
 
 from grponorm.normalizers import (
     AdvantageStats,
-    advantage_stats,
+    NormalizerContext,
     available_normalizers,
-    get_normalizer,
-    normalize,
-    normalize_with_stats,
+    check_options,
+    get_spec,
+    make_state,
+    normalize_ragged_with_stats,
 )
+from grponorm.normalizers.ragged import group_ids, size_buckets
 
 __all__ = [
-    "BATCH_LEVEL_NORMALIZERS",
     "CONFIG_KEY",
     "PREFIX",
     "estimator",
@@ -102,151 +115,33 @@ PREFIX = "grponorm_"
 #: Key of the normalizer options mapping in verl's ``algorithm`` config section.
 CONFIG_KEY = "grponorm"
 
-#: Normalizers whose result couples groups through a batch-wide statistic, each with a predicate
-#: of its options that is True when it does: exact only when every group has the same size,
-#: ValueError on ragged input. Add an entry when registering such a normalizer.
-BATCH_LEVEL_NORMALIZERS: dict[str, Callable[[Mapping[str, Any]], bool]] = {
-    "batch_std": lambda options: True,  # one batch-wide std
-    "gpg": lambda options: True,  # one batch-wide alpha = B / M
-    "bnpo": lambda options: options.get("alpha") is None,  # alpha, beta fitted over the batch
-}
-
-
-# --------------------------------------------------------------------------------------------
-# Grouping (pure NumPy; no verl, no torch)
-# --------------------------------------------------------------------------------------------
-
-
-def group_ids(index: Any) -> tuple[np.ndarray, int]:
-    """Maps each row's group label (uid) to a dense id, in order of first appearance.
-
-    Args:
-        index: One hashable label per row: a NumPy array (verl's object array of uid strings),
-            a torch tensor, or any sequence.
-
-    Returns:
-        ``(inverse, n_groups)``: ``inverse`` has shape ``(bs,)``, dtype int64, values in
-        ``0 .. n_groups - 1``.
-
-    Raises:
-        TypeError: If ``index`` is a string or a label is unhashable (e.g. a 2-D index).
-    """
-    if isinstance(index, (str, bytes)):
-        raise TypeError("index must be a sequence of group labels, not a string")
-    labels = index.tolist() if hasattr(index, "tolist") else list(index)
-    ids: dict[Any, int] = {}
-    inverse = np.fromiter(
-        (ids.setdefault(label, len(ids)) for label in labels), dtype=np.int64, count=len(labels)
-    )  # (bs,)
-    return inverse, len(ids)
-
-
-def size_buckets(inverse: np.ndarray, n_groups: int) -> dict[int, np.ndarray]:
-    """Buckets groups by size: ``{G: rows}`` with ``rows`` of shape ``(k, G)``.
-
-    Row ``j`` of ``rows`` holds the batch row indices of one group of size ``G`` in batch order;
-    groups appear in id order. Every batch row appears exactly once over all buckets.
-
-    Args:
-        inverse: ``(bs,)`` dense group ids (see :func:`group_ids`).
-        n_groups: Number of groups (``inverse.max() + 1``).
-    """
-    counts = np.bincount(inverse, minlength=n_groups)  # (n_groups,)
-    order = np.argsort(inverse, kind="stable")  # (bs,) rows by group, batch order within
-    starts = np.cumsum(counts) - counts  # (n_groups,) first position of each group in order
-    buckets = {}
-    for size in np.unique(counts[counts > 0]):
-        groups = np.flatnonzero(counts == size)  # (k,)
-        buckets[int(size)] = order[starts[groups][:, None] + np.arange(size)]  # (k, G)
-    return buckets
-
-
-def _zeros_like(x: Any) -> Any:
-    if isinstance(x, np.ndarray):
-        return np.zeros_like(x)
-    return x.new_zeros(x.shape)
-
-
-def _take(x: Any, rows: np.ndarray) -> Any:
-    """``x[rows]`` for a NumPy array or a torch tensor (index moved to the tensor's device)."""
-    if isinstance(x, np.ndarray):
-        return x[rows]
-    import torch
-
-    return x[torch.as_tensor(rows, device=x.device)]
-
-
-def _put(out: Any, rows: np.ndarray, values: Any) -> None:
-    if isinstance(out, np.ndarray):
-        out[rows] = values
-        return
-    import torch
-
-    out[torch.as_tensor(rows, device=out.device)] = values
-
-
-def _check_finite(scores: Any) -> None:
-    finite = np.isfinite(scores) if isinstance(scores, np.ndarray) else scores.isfinite()
-    bad = ~finite  # (bs,)
-    if bool(bad.any()):
-        row = int(np.flatnonzero(np.asarray(bad.tolist()))[0])
-        raise ValueError(f"sequence scores must be finite; got {float(scores[row])!r} at row {row}")
-
-
-def _is_batch_level(method: str, options: Mapping[str, Any]) -> bool:
-    couples = BATCH_LEVEL_NORMALIZERS.get(method)
-    return couples is not None and bool(couples(options))
-
-
 def normalize_ragged(
     scores: Any, index: Any, method: str = "group_std", **options: Any
 ) -> tuple[Any, AdvantageStats]:
-    """Per-sequence advantages for groups given by ``index``, ragged and interleaved allowed.
+    """Per-sequence advantages for ragged, interleaved groups: ``(advantages (bs,), stats)``.
 
-    Groups are bucketed by size (:func:`size_buckets`); each bucket is one rectangular
-    ``(k, G)`` call of :func:`grponorm.normalizers.normalize_with_stats`, scattered back to the
-    rows. Singleton groups get 0 without calling the normalizer; all-equal groups get exactly 0.
-
-    Args:
-        scores: ``(bs,)`` sequence scores, NumPy or torch (the result keeps type, dtype, device).
-        index: ``(bs,)`` group labels (see :func:`group_ids`).
-        method: Registered normalizer name.
-        **options: Options of that normalizer.
-
-    Returns:
-        ``(advantages, stats)``: ``(bs,)`` advantages and batch :class:`AdvantageStats`
-        (groups of size 1 count as zero-variance; the moments are over rows).
-
-    Raises:
-        ValueError: If lengths differ, a score is not finite, or ``method`` is batch-level
-            (:data:`BATCH_LEVEL_NORMALIZERS`) and the groups are ragged.
-        UnknownNormalizerError: If ``method`` is not registered.
+    :func:`grponorm.normalizers.normalize_ragged_with_stats` (kept here under its old name; see
+    there for the rules and the ``context=`` / ``state=`` keywords).
     """
-    get_normalizer(method)
-    if scores.ndim != 1:
-        raise ValueError(f"scores must have shape (bs,); got {tuple(scores.shape)}")
-    inverse, n_groups = group_ids(index)  # (bs,)
-    if inverse.shape[0] != scores.shape[0]:
-        raise ValueError(f"index has {inverse.shape[0]} labels for {scores.shape[0]} rows")
-    _check_finite(scores)
-    buckets = size_buckets(inverse, n_groups)
-    if len(buckets) > 1 and _is_batch_level(method, options):
-        raise ValueError(
-            f"{method!r} uses one batch-wide scale and needs every group to have the same size; "
-            f"got group sizes {sorted(buckets)}. Use a group-wise normalizer (e.g. 'group_std' "
-            f"or 'none') or keep groups uniform"
+    return normalize_ragged_with_stats(scores, index, method, **options)
+
+
+def refusal(name: str, options: Mapping[str, Any]) -> str | None:
+    """Why verl cannot run normalizer ``name`` with ``options``, or None if it can."""
+    spec = get_spec(name)
+    needs = spec.needs(options)
+    if "components" in needs:
+        return (
+            f"{PREFIX}{name}: verl passes no reward components to a custom advantage estimator "
+            f"(only its own 'gdpo' branch receives non_tensor_batch; verl PR #7473). Use verl's "
+            f"algorithm.adv_estimator=gdpo with algorithm.gdpo_reward_keys instead"
         )
-    out = _zeros_like(scores)  # (bs,)
-    n_zero = 0
-    for size, rows in buckets.items():  # rows: (k, G)
-        if size == 1:
-            n_zero += rows.shape[0]
-            continue
-        adv, stats = normalize_with_stats(_take(scores, rows), method, **options)  # (k, G)
-        _put(out, rows, adv)
-        n_zero += stats.n_zero_variance
-    rows_adv = out if isinstance(out, np.ndarray) else out.detach().double().cpu().numpy()
-    return out, advantage_stats(rows_adv, n_groups, n_zero)  # over the (bs,) rows, float64
+    if "prompt_ids" in needs and spec.has_state(options):
+        return (
+            f"{PREFIX}{name}: verl's index is a fresh uuid4 per prompt per step, so state keyed "
+            f"by prompt id would never be found again; use {name} with persist=False"
+        )
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,9 +178,10 @@ def options_from_config(config: Any) -> dict[str, Any]:
 def estimator(name: str, **options: Any) -> Callable[..., tuple[Any, Any]]:
     """A verl advantage estimator that applies the registry normalizer ``name`` per uid group.
 
-    The options are checked once here on a tiny batch, so a bad name or option fails at
-    construction. Options found in verl's config at call time (:func:`options_from_config`)
-    override these.
+    The options are checked once here (:func:`grponorm.normalizers.check_options`), so a bad
+    name or option fails at construction, as does a normalizer verl cannot feed
+    (:func:`refusal`). Options found in verl's config at call time (:func:`options_from_config`)
+    override these (checked once per distinct set).
 
     Args:
         name: Registered normalizer name (see :func:`grponorm.available_normalizers`).
@@ -295,11 +191,19 @@ def estimator(name: str, **options: Any) -> Callable[..., tuple[Any, Any]]:
         ``fn(token_level_rewards, response_mask, index=None, config=None, **kwargs)`` ->
         ``(advantages, returns)``, both ``(bs, T)`` in ``token_level_rewards``' dtype; extra
         keyword arguments verl passes (``reward_baselines``, ...) are ignored. The function
-        carries ``grponorm_method``, ``grponorm_options`` and ``last_stats`` (the
-        :class:`AdvantageStats` of its last call, or None).
+        carries ``grponorm_method``, ``grponorm_options``, ``last_stats`` (the
+        :class:`AdvantageStats` of its last call, or None) and ``grponorm_state`` (the
+        normalizer's per-run state, or None).
     """
-    normalize(np.array([[0.0, 1.0]]), name, **options)  # fail fast on a bad name or option
-    defaults = dict(options)
+    defaults = check_options(name, options)
+    reason = refusal(name, defaults)
+    if reason is not None:
+        raise ValueError(reason)
+    return _estimator(name, defaults)
+
+
+def _estimator(name: str, defaults: dict[str, Any]) -> Callable[..., tuple[Any, Any]]:
+    checked: set[str] = set()
 
     def grponorm_estimator(
         token_level_rewards: Any,
@@ -316,9 +220,27 @@ def estimator(name: str, **options: Any) -> Callable[..., tuple[Any, Any]]:
                 f"has non_tensor_batch['uid']"
             )
         merged = {**defaults, **options_from_config(config)}
+        key = repr(sorted(merged.items()))
+        if key not in checked:
+            check_options(name, merged)
+            reason = refusal(name, merged)
+            if reason is not None:
+                raise ValueError(reason)
+            checked.add(key)
+        spec = get_spec(name)
+        needs = spec.needs(merged)
+        if spec.has_state(merged) and grponorm_estimator.grponorm_state is None:
+            grponorm_estimator.grponorm_state = make_state(name, **merged)
+        state = grponorm_estimator.grponorm_state if spec.has_state(merged) else None
         with torch.no_grad():
             scores = token_level_rewards.sum(dim=-1).double()  # (bs,)
-            adv, stats = normalize_ragged(scores, index, name, **merged)  # (bs,)
+            context = NormalizerContext(
+                lengths=response_mask.sum(dim=-1).double() if "lengths" in needs else None,
+                prompt_ids=index if "prompt_ids" in needs else None,
+            )
+            adv, stats = normalize_ragged_with_stats(
+                scores, index, name, context=context, state=state, **merged
+            )  # (bs,)
             adv = (adv.unsqueeze(-1) * response_mask).to(token_level_rewards.dtype)  # (bs, T)
         grponorm_estimator.last_stats = stats
         return adv, adv
@@ -328,6 +250,21 @@ def estimator(name: str, **options: Any) -> Callable[..., tuple[Any, Any]]:
     grponorm_estimator.grponorm_method = name
     grponorm_estimator.grponorm_options = defaults
     grponorm_estimator.last_stats = None
+    grponorm_estimator.grponorm_state = None
+    return grponorm_estimator
+
+
+def _refusing_estimator(name: str, reason: str) -> Callable[..., tuple[Any, Any]]:
+    """A registered name that explains, when called, why verl cannot run it."""
+
+    def grponorm_estimator(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        raise ValueError(reason)
+
+    grponorm_estimator.__name__ = grponorm_estimator.__qualname__ = f"{PREFIX}{name}"
+    grponorm_estimator.grponorm_method = name
+    grponorm_estimator.grponorm_options = {}
+    grponorm_estimator.last_stats = None
+    grponorm_estimator.grponorm_state = None
     return grponorm_estimator
 
 
@@ -365,7 +302,9 @@ def register(names: Sequence[str] | None = None) -> list[str]:
         except ValueError:
             current = None
         if current is None:
-            core_algos.register_adv_est(key)(estimator(name))
+            reason = refusal(name, {})
+            fn = _estimator(name, {}) if reason is None else _refusing_estimator(name, reason)
+            core_algos.register_adv_est(key)(fn)
         elif getattr(current, "grponorm_method", None) != name:
             raise ValueError(f"verl estimator {key!r} is already registered by {current!r}")
         keys.append(key)

@@ -23,152 +23,80 @@ Registered normalizers (``r`` is one group's rewards, ``mean``/``std`` are over 
     gpg                 B/M * (r - mean)                       GPG (verl); M = non-zero rewards
     grpo_passk          (r_max - r_2nd)/(std + eps) at argmax  verl pass@k GRPO; 0 elsewhere
 
-Adding a normalizer is one decorated function::
+    loo_std             (r - mean_{-g}) / (std_{-g} + eps)      NeMo-RL default GRPO (leave-one-out)
+    reinforce_pp_baseline  whiten_batch(r - mean)               REINFORCE++ baseline (verl)
+    batch_zscore        (r - mean_batch) / (std_batch + eps)   ROLL batch/batch, AReaL
+    max_rl              (r - mean) / mean                      MaxRL (prime-rl)
+    opo                 r - sum |o| r / sum |o|                OPO (verl); needs lengths
+    shrinkage           r - (mu_bar + c (mean - mu_bar))       James-Stein shrunk baseline
+    krpo                (r - x) / (sqrt(P) + eps)              KRPO Kalman filter; state, prompt ids
+    running_std         (r - m) / (s + eps), m, s across steps ROLL "running"; state
+    gdpo                whiten_batch(sum_k w_k z_k)            GDPO; needs reward components
+
+Adding a normalizer is one decorated function, written with the public helpers of
+:mod:`grponorm.normalizers.ops` (``center``, ``mean``, ``std``, ``safe_div``, ``whiten``...)::
+
+    from grponorm.normalizers import ops, register_normalizer
 
     @register_normalizer("my_norm")
     def my_norm(rewards, *, scale=1.0):
-        return scale * _center(rewards, axis=1)  # (n_groups, G)
+        return scale * ops.center(rewards, axis=1)  # (n_groups, G)
+
+A normalizer that couples groups through a batch-wide statistic declares ``batch_level=True``;
+one that needs completion lengths, prompt ids or reward components declares
+``context=("lengths",)`` (etc.) and receives them as keyword arguments; one that keeps state
+across steps declares ``state=factory`` and receives ``state=``. See
+:func:`register_normalizer` and :class:`NormalizerSpec`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
-
-import numpy as np
-
-from . import classic, peers  # noqa: F401  (registers the built-in normalizers)
-from .ops import (
-    Array,
-    _as_rewards,
-    _first_position,
-    _is_torch,
-    _std,
-    _where,
-    _zero_variance_mask,
-    zero_variance_mask,
+from . import baselines, classic, peers, stateful  # noqa: F401  (registers the built-ins)
+from .context import make_state
+from .core import (
+    AdvantageStats,
+    advantage_stats,
+    check_options,
+    normalize,
+    normalize_with_stats,
 )
+from .ops import zero_variance_mask
+from .ragged import normalize_ragged, normalize_ragged_with_stats
 from .registry import (
+    CONTEXT_FIELDS,
     NORMALIZERS,
+    SPECS,
+    MissingContextError,
+    NormalizerContext,
+    NormalizerOptionError,
+    NormalizerSpec,
     UnknownNormalizerError,
     available_normalizers,
     get_normalizer,
+    get_spec,
     register_normalizer,
 )
 
 __all__ = [
+    "CONTEXT_FIELDS",
     "NORMALIZERS",
+    "SPECS",
     "AdvantageStats",
+    "MissingContextError",
+    "NormalizerContext",
+    "NormalizerOptionError",
+    "NormalizerSpec",
     "UnknownNormalizerError",
     "advantage_stats",
     "available_normalizers",
+    "check_options",
     "get_normalizer",
+    "get_spec",
+    "make_state",
     "normalize",
+    "normalize_ragged",
+    "normalize_ragged_with_stats",
     "normalize_with_stats",
     "register_normalizer",
     "zero_variance_mask",
 ]
-
-# Entry points
-# --------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class AdvantageStats:
-    """Summary of one batch of advantages (for logging).
-
-    Attributes:
-        n_groups: Number of groups (prompts) in the batch.
-        n_zero_variance: Groups whose rewards were all equal (advantage exactly 0).
-        frac_zero_variance: ``n_zero_variance / n_groups``.
-        adv_mean: Mean advantage over all ``n_groups * G`` entries.
-        adv_std: Population std (ddof=0) of the advantages over all entries.
-        adv_abs_max: Largest absolute advantage.
-    """
-
-    n_groups: int
-    n_zero_variance: int
-    frac_zero_variance: float
-    adv_mean: float
-    adv_std: float
-    adv_abs_max: float
-
-    def as_dict(self) -> dict[str, float | int]:
-        """Returns the fields as a plain dict (e.g. for a JSONL metrics line)."""
-        return dataclasses.asdict(self)
-
-
-def _apply(rewards: Any, method: str, options: dict[str, Any]) -> tuple[Array, Array]:
-    fn = get_normalizer(method)
-    x = _as_rewards(rewards)  # (n_groups, G), floating
-    adv = fn(x, **options)
-    if _is_torch(x) != _is_torch(adv):
-        raise TypeError(
-            f"normalizer {method!r} returned {type(adv).__name__} for {type(x).__name__} input"
-        )
-    if tuple(adv.shape) != tuple(x.shape):
-        raise ValueError(
-            f"normalizer {method!r} returned shape {tuple(adv.shape)}; expected {tuple(x.shape)}"
-        )
-    adv = adv.to(dtype=x.dtype) if _is_torch(x) else np.asarray(adv, dtype=np.float64)
-    mask = _zero_variance_mask(x)  # (n_groups,)
-    adv = _where(mask[:, None], 0.0, adv)  # exact zeros, never an eps-amplified residue
-    bad = ~(adv.isfinite() if _is_torch(adv) else np.isfinite(adv))
-    if bool(bad.any()):
-        i, j = _first_position(bad)
-        raise FloatingPointError(
-            f"normalizer {method!r} produced a non-finite advantage {float(adv[i, j])!r} at "
-            f"(group {i}, sample {j}); the rewards are too large for this normalizer"
-        )
-    return adv, mask
-
-
-def normalize(rewards: Any, method: str = "group_std", **options: Any) -> Array:
-    """Turns grouped rewards into advantages with the registered normalizer ``method``.
-
-    Args:
-        rewards: ``(n_groups, G)`` rewards: a NumPy array (or nested list) or a torch tensor.
-        method: Registered normalizer name; see :func:`available_normalizers`.
-        **options: Keyword options of that normalizer (e.g. ``eps``, ``ddof``, ``alpha``); an
-            option it does not take raises TypeError.
-
-    Returns:
-        ``(n_groups, G)`` advantages: NumPy float64 for NumPy input; for a tensor, a tensor of
-        the same floating dtype (float32 for integer/bool input) on the same device. Groups whose
-        rewards are all equal get exactly 0.
-
-    Raises:
-        ValueError: If rewards are not 2-D, have an empty dimension, or contain NaN/inf (the
-            message names the first bad (group, sample)), or an option value is invalid.
-        UnknownNormalizerError: If ``method`` is not registered.
-        TypeError: If an option is not accepted by the normalizer.
-    """
-    adv, _ = _apply(rewards, method, options)
-    return adv
-
-
-def normalize_with_stats(
-    rewards: Any, method: str = "group_std", **options: Any
-) -> tuple[Array, AdvantageStats]:
-    """Like :func:`normalize`, and also returns :class:`AdvantageStats` for the batch."""
-    adv, mask = _apply(rewards, method, options)
-    return adv, advantage_stats(adv, int(mask.shape[0]), int(mask.sum()))
-
-
-def advantage_stats(adv: Any, n_groups: int, n_zero_variance: int) -> AdvantageStats:
-    """:class:`AdvantageStats` of advantage values of any shape (NumPy or torch): mean,
-    population std and largest magnitude over all entries (0 for no entries), with the group
-    counts given. Half-precision tensors are summarized in float32 (their own reductions are too
-    coarse for logging); other dtypes as they are."""
-    a = adv.detach() if _is_torch(adv) else np.asarray(adv, dtype=np.float64)
-    if _is_torch(a) and a.dtype.itemsize < 4:
-        a = a.float()
-    empty = (a.numel() if _is_torch(a) else a.size) == 0
-    return AdvantageStats(
-        n_groups=n_groups,
-        n_zero_variance=n_zero_variance,
-        frac_zero_variance=n_zero_variance / n_groups if n_groups else 0.0,
-        adv_mean=0.0 if empty else float(a.mean()),
-        adv_std=0.0 if empty else float(_std(a, axis=None, ddof=0).reshape(())),
-        adv_abs_max=0.0 if empty else float(abs(a).max()),
-    )

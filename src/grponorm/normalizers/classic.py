@@ -71,7 +71,7 @@ def no_std(rewards: Array) -> Array:
     return _center(rewards, axis=1)  # (n_groups, G)
 
 
-@register_normalizer("batch_std")
+@register_normalizer("batch_std", batch_level=True)
 def batch_std(rewards: Array, *, ddof: int = 1, eps: float = 1e-6) -> Array:
     """Group-mean baseline, batch-wide scale (TRL GRPOTrainer ``scale_rewards="batch"``).
 

@@ -1,5 +1,21 @@
 """Backend helpers for writing a normalizer once for NumPy (float64) and torch arrays, and the
-input checks every normalizer shares (finite rewards, binary rewards, option ranges)."""
+input checks every normalizer shares (finite rewards, binary rewards, option ranges).
+
+These are the public building blocks of a new normalizer (``from grponorm.normalizers import
+ops``); each dispatches on the array type, so one formula serves NumPy and torch:
+
+- reductions that keep dims (so results broadcast against ``(n_groups, G)``): :func:`mean`,
+  :func:`total`, :func:`std` (``ddof`` 0 population, 1 Bessel), :func:`center` (``x - mean``
+  with one correction pass, exact zero-sum);
+- :func:`whiten`: ``(x - mean) / sqrt(var + eps)`` over the whole batch, optionally weighted;
+- elementwise: :func:`sqrt`, :func:`log`, :func:`exp`, :func:`where`, :func:`as_float`,
+  :func:`safe_div` (``num / den`` where ``den > 0``, else 0: the guard of every division);
+- checks that raise ``ValueError``/``TypeError`` naming the culprit: :func:`check_nonneg`,
+  :func:`check_positive`, :func:`check_binary`, :func:`check_range`, :func:`check_ddof`;
+- :func:`group_size`, :func:`zero_variance_mask`, :func:`is_torch`.
+
+The underscore names (``_center``, ``_std``, ...) are kept as aliases for existing code.
+"""
 
 from __future__ import annotations
 
@@ -20,32 +36,32 @@ else:
 # --------------------------------------------------------------------------------------------
 
 
-def _is_torch(x: Any) -> bool:
+def is_torch(x: Any) -> bool:
     torch = sys.modules.get("torch")  # never import torch just to check a NumPy array
     return torch is not None and isinstance(x, torch.Tensor)
 
 
-def _mean(x: Array, axis: int | None = None) -> Array:
+def mean(x: Array, axis: int | None = None) -> Array:
     """Mean over ``axis`` (all entries if None), keeping dims so the result broadcasts."""
     if _is_torch(x):
         return x.mean().reshape((1,) * x.ndim) if axis is None else x.mean(dim=axis, keepdim=True)
     return x.mean(axis=axis, keepdims=True)
 
 
-def _sum(x: Array, axis: int | None = None) -> Array:
+def total(x: Array, axis: int | None = None) -> Array:
     """Sum over ``axis`` (all entries if None), keeping dims."""
     if _is_torch(x):
         return x.sum().reshape((1,) * x.ndim) if axis is None else x.sum(dim=axis, keepdim=True)
     return x.sum(axis=axis, keepdims=True)
 
 
-def _sqrt(x: Array) -> Array:
+def sqrt(x: Array) -> Array:
     if _is_torch(x):
         return x.sqrt()
     return np.sqrt(x)
 
 
-def _where(cond: Array, a: Array | float, b: Array | float) -> Array:
+def where(cond: Array, a: Array | float, b: Array | float) -> Array:
     if _is_torch(cond):
         import torch
 
@@ -53,13 +69,13 @@ def _where(cond: Array, a: Array | float, b: Array | float) -> Array:
     return np.where(cond, a, b)
 
 
-def _all(cond: Array, axis: int) -> Array:
+def all_(cond: Array, axis: int) -> Array:
     if _is_torch(cond):
         return cond.all(dim=axis)
     return cond.all(axis=axis)
 
 
-def _center(x: Array, axis: int | None = None) -> Array:
+def center(x: Array, axis: int | None = None) -> Array:
     """Returns ``x - mean(x)`` over ``axis`` with one correction pass.
 
     ``d = x - mean(x)`` inherits the rounding error of ``mean(x)``, so ``mean(d)`` can be as large
@@ -71,7 +87,7 @@ def _center(x: Array, axis: int | None = None) -> Array:
     return d - _mean(d, axis)
 
 
-def _std(x: Array, axis: int | None = None, *, ddof: int = 0) -> Array:
+def std(x: Array, axis: int | None = None, *, ddof: int = 0) -> Array:
     """Standard deviation ``sqrt(sum((x - mean)^2) / (n - ddof))`` over ``axis``, keeping dims.
 
     ``ddof=0`` is the population std (``np.std``), ``ddof=1`` the Bessel-corrected one
@@ -86,26 +102,26 @@ def _std(x: Array, axis: int | None = None, *, ddof: int = 0) -> Array:
     return _sqrt(_sum(d * d, axis) / (n - ddof))
 
 
-def _log(x: Array) -> Array:
+def log(x: Array) -> Array:
     if _is_torch(x):
         return x.log()
     return np.log(x)
 
 
-def _exp(x: Array) -> Array:
+def exp(x: Array) -> Array:
     if _is_torch(x):
         return x.exp()
     return np.exp(x)
 
 
-def _as_float(cond: Array, like: Array) -> Array:
+def as_float(cond: Array, like: Array) -> Array:
     """A boolean array as 0./1. in ``like``'s floating dtype (and device)."""
     if _is_torch(cond):
         return cond.to(like.dtype)
     return cond.astype(np.float64)
 
 
-def _top2(x: Array) -> tuple[Array, Array, Array]:
+def top2(x: Array) -> tuple[Array, Array, Array]:
     """Largest and second-largest value of each row, and a one-hot mask of the first argmax.
 
     Args:
@@ -127,7 +143,7 @@ def _top2(x: Array) -> tuple[Array, Array, Array]:
     return top[:, :1], top[:, 1:2], np.arange(x.shape[1])[None, :] == first_idx
 
 
-def _safe_div(num: Array, den: Array) -> Array:
+def safe_div(num: Array, den: Array) -> Array:
     """``num / den`` where ``den > 0``, and 0 where ``den == 0`` (no 0/0 warnings or NaNs)."""
     ok = den > 0
     return _where(ok, num / _where(ok, den, 1.0), 0.0)
@@ -138,20 +154,20 @@ def _safe_div(num: Array, den: Array) -> Array:
 # --------------------------------------------------------------------------------------------
 
 
-def _check_nonneg(name: str, value: float) -> None:
+def check_nonneg(name: str, value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
         raise TypeError(f"{name} must be a real number; got {type(value).__name__}")
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be finite and >= 0; got {value!r}")
 
 
-def _check_positive(name: str, value: float) -> None:
+def check_positive(name: str, value: float) -> None:
     _check_nonneg(name, value)
     if value == 0:
         raise ValueError(f"{name} must be > 0; got {value!r}")
 
 
-def _check_range(rewards: Array, method: str, low: float, high: float | None = None) -> None:
+def check_range(rewards: Array, method: str, low: float, high: float | None = None) -> None:
     """Raises ValueError naming the first (group, sample) outside ``[low, high]``."""
     bad = rewards < low  # (n_groups, G)
     if high is not None:
@@ -165,7 +181,7 @@ def _check_range(rewards: Array, method: str, low: float, high: float | None = N
         )
 
 
-def _check_ddof(ddof: int, n: int) -> None:
+def check_ddof(ddof: int, n: int) -> None:
     if isinstance(ddof, bool) or not isinstance(ddof, (int, np.integer)):
         raise TypeError(f"ddof must be an int; got {type(ddof).__name__}")
     if ddof < 0:
@@ -174,11 +190,11 @@ def _check_ddof(ddof: int, n: int) -> None:
         raise ValueError(f"ddof={ddof} needs more than {ddof} samples; got {n}")
 
 
-def _group_size(rewards: Array) -> int:
+def group_size(rewards: Array) -> int:
     return int(rewards.shape[1])
 
 
-def _first_position(bad: Array) -> tuple[int, int]:
+def first_position(bad: Array) -> tuple[int, int]:
     """Row-major first (group, sample) index where the boolean matrix ``bad`` is True."""
     if _is_torch(bad):
         import torch
@@ -189,7 +205,7 @@ def _first_position(bad: Array) -> tuple[int, int]:
     return int(i), int(j)
 
 
-def _check_binary(rewards: Array, method: str) -> None:
+def check_binary(rewards: Array, method: str) -> None:
     bad = (rewards != 0) & (rewards != 1)  # (n_groups, G)
     if bool(bad.any()):
         i, j = _first_position(bad)
@@ -199,7 +215,7 @@ def _check_binary(rewards: Array, method: str) -> None:
         )
 
 
-def _as_rewards(rewards: Any) -> Array:
+def as_rewards(rewards: Any) -> Array:
     """Validates ``rewards`` and returns it as a floating 2-D array of the same backend.
 
     NumPy input (or anything ``np.asarray`` accepts) becomes float64; a torch tensor keeps its
@@ -260,3 +276,56 @@ def zero_variance_mask(rewards: Any) -> Array:
 
 
 # --------------------------------------------------------------------------------------------
+
+
+def whiten(x: Array, weights: Array | None = None, *, eps: float = 1e-8) -> Array:
+    """Batch whitening ``(x - m) / sqrt(v + eps)`` over every entry of ``x``.
+
+    ``m`` is the (weighted) mean and ``v`` the Bessel-corrected (weighted) variance,
+    ``v = sum w (x - m)^2 / sum w * N / (N - 1)`` with ``N = sum w`` -- verl's ``masked_whiten``
+    when ``w`` counts each row's valid tokens (``weights=None``: every entry weighs 1, ``N`` is
+    the number of entries). ``eps`` (added to the variance, verl's 1e-8) is the explicit floor of
+    the division: the amplification is at most ``1/sqrt(eps)``. With ``N <= 1`` the variance is
+    taken as 0.
+
+    Args:
+        x: Values of any shape (typically ``(n_groups, G)``).
+        weights: Non-negative weights broadcastable to ``x`` (e.g. lengths), or None.
+        eps: Non-negative constant added to the variance.
+
+    Returns:
+        Whitened values, same shape and array type as ``x``.
+    """
+    check_nonneg("eps", eps)
+    w = x * 0.0 + 1.0 if weights is None else x * 0.0 + weights  # (like x)
+    n = total(w)  # (1, ..., 1)
+    m = safe_div(total(w * x), n)  # (1, ..., 1)
+    d = x - m
+    m2 = total(w * d * d)  # (1, ..., 1)
+    var = safe_div(m2, n) * safe_div(n, n - 1.0)  # Bessel: N / (N - 1); 0 for N <= 1
+    var = where(n > 1.0, var, 0.0)
+    return d / sqrt(var + eps)
+
+
+# Private aliases (existing code and the first normalizer modules use these names).
+_is_torch = is_torch
+_mean = mean
+_sum = total
+_sqrt = sqrt
+_where = where
+_all = all_
+_center = center
+_std = std
+_log = log
+_exp = exp
+_as_float = as_float
+_top2 = top2
+_safe_div = safe_div
+_check_nonneg = check_nonneg
+_check_positive = check_positive
+_check_range = check_range
+_check_ddof = check_ddof
+_group_size = group_size
+_first_position = first_position
+_check_binary = check_binary
+_as_rewards = as_rewards

@@ -27,7 +27,7 @@ from .ops import (
 from .registry import register_normalizer
 
 
-@register_normalizer("bnpo")
+@register_normalizer("bnpo", batch_level=lambda options: options.get("alpha") is None)
 def bnpo(
     rewards: Array,
     *,
@@ -156,7 +156,7 @@ def mapo(rewards: Array, *, ddof: int = 1, eps: float = 1e-6) -> Array:
     return lam * _safe_div(centered, std + eps) + (1.0 - lam) * _safe_div(centered, mu + eps)
 
 
-@register_normalizer("gpg")
+@register_normalizer("gpg", batch_level=True)
 def gpg(rewards: Array, *, f_norm: float = 1.0, count: str = "nonzero_reward") -> Array:
     """Group Policy Gradient (GPG, Chu et al. 2025, arXiv:2504.02546) advantage.
 

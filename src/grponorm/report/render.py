@@ -6,7 +6,12 @@ import base64
 import html
 import json
 import os
+import sys
+import traceback
 from pathlib import Path
+
+from ..experiments.rows import VerdictCell, as_verdict_cell
+from ..stats.paired import Verdict
 
 CSS = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -28,23 +33,63 @@ def _figures(summary: dict) -> list[Path]:
     return sorted(run_dir.glob("*.png")) if run_dir.is_dir() else []
 
 
-def _verdict_class(v: str) -> str:
-    """CSS class of a verdict cell: contradicted / differs / violated are bad, inconclusive is
-    neutral (grey), reproduced and measured are ok."""
-    v = v.lower()
-    if any(w in v for w in ("contradicted", "differs", "violated")):
-        return "bad"
-    return "neutral" if "inconclusive" in v else "ok"
+#: CSS class of a verdict cell, by its verdict: a claim the data go against, a value off the
+#: paper's, a failed bound or a missing result are bad (red); an open question is neutral
+#: (grey); a reproduced claim, a measured value or a direction found where none is claimed ok.
+VERDICT_CLASS = {
+    Verdict.REPRODUCED: "ok",
+    Verdict.CONTRADICTED: "bad",
+    Verdict.INCONCLUSIVE: "neutral",
+    Verdict.POSITIVE: "ok",
+    Verdict.NEGATIVE: "ok",
+    Verdict.NO_CLEAR_DIFFERENCE: "neutral",
+    Verdict.MEASURED: "ok",
+    Verdict.DIFFERS: "bad",
+    Verdict.VIOLATED: "bad",
+    Verdict.NOT_RUN: "bad",
+    Verdict.NOT_SUMMARIZED: "bad",
+}
+assert set(VERDICT_CLASS) == set(Verdict), "every verdict needs its colour"
+
+
+def _typed(rows: list[list]) -> list[list]:
+    """``rows`` with each last (verdict) cell a :class:`VerdictCell`.
+
+    Raises:
+        ValueError: If a verdict cell starts with no verdict's label.
+    """
+    return [[*r[:-1], as_verdict_cell(r[-1])] for r in rows]
 
 
 def _html_table(rows: list[list], lead: list[str] = ()) -> str:
+    """An HTML table of typed rows (:func:`_typed`); the verdict cell is coloured by its
+    verdict (:data:`VERDICT_CLASS`)."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in [*lead, *HEADER])
     body = []
     for r in rows:
         cells = [f"<td>{html.escape(str(c))}</td>" for c in r[:-1]]
-        cells.append(f'<td class="{_verdict_class(str(r[-1]))}">{html.escape(str(r[-1]))}</td>')
+        v = r[-1]
+        cells.append(f'<td class="{VERDICT_CLASS[v.verdict]}">{html.escape(str(v))}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+#: What a summary that ``report_rows`` cannot read raises: a key or entry missing (a summary of
+#: another version), a value of the wrong type or form, a verdict cell with no verdict's label.
+SUMMARY_ERRORS = (KeyError, IndexError, TypeError, ValueError)
+
+
+def _rows(exp, summary: dict, source: Path) -> list[list]:
+    """The typed paper-vs-ours rows of one experiment; one bad row naming the error and the
+    summary file instead when its summary cannot be read (its traceback goes to stderr)."""
+    try:
+        return _typed(exp.rows(summary))
+    except SUMMARY_ERRORS as exc:  # one bad summary must not cost the whole report
+        where = f"{exp.eid}, {source}"
+        print(f"[report] {where}: could not summarize:", file=sys.stderr)
+        traceback.print_exc(file=sys.stderr)
+        note = f"{Verdict.NOT_SUMMARIZED.value} ({where}): {type(exc).__name__}: {exc}"
+        return [["(summary)", exp.paper, "-", VerdictCell(note, Verdict.NOT_SUMMARIZED)]]
 
 
 def _md_table(rows: list[list], lead: list[str] = ()) -> str:
@@ -84,17 +129,14 @@ def write_report(root: Path, experiments, records: list[dict], meta: dict) -> Pa
         h.append(f"<section id='{exp.eid}'><h2>{html.escape(title)}</h2>")
         md += [f"## {title}", ""]
         if rec.get("status") != "done":
-            note = f"not run: {rec.get('reason', rec.get('status'))}"
+            note = f"{Verdict.NOT_RUN.value}: {rec.get('reason', rec.get('status'))}"
             h.append(f"<p class='bad'>{html.escape(note)}</p></section>")
             md += [f"**{note}**", ""]
-            summary_rows.append([exp.eid, exp.title, exp.paper, "-", note])
+            summary_rows.append([exp.eid, exp.title, exp.paper, "-",
+                                 VerdictCell(note, Verdict.NOT_RUN)])
             continue
         s = rec["summary"]
-        try:
-            rows = exp.rows(s)
-        except Exception as exc:  # one bad summary must not cost the whole report
-            rows = [["(summary)", exp.paper, "-", f"could not summarize: differs? "
-                     f"{type(exc).__name__}: {exc}"]]
+        rows = _rows(exp, s, root / exp.eid / "done.json")
         ran = "reused from an earlier run" if rec.get("skipped") else "ran now"
         h.append(f"<p class='meta'>Paper: {html.escape(exp.paper)} · wall time "
                  f"{rec['wall_time_s']} s ({ran}) · run folder <code>"

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..normalizers import normalize_with_stats
+from ..normalizers import check_options, get_spec, make_state, normalize_with_stats
 from . import data as rl_data
 from .choices import (
     Attention,
@@ -196,14 +196,11 @@ class TrainConfig:
             "kl_coef > 0 needs LoRA (lora_r > 0): the reference is the adapters-off model",
         )
         options = parse_options(self.normalizer_options)
-        try:  # unknown name or options fail here with the registry's own message
-            normalize_with_stats(
-                np.array([[0.0, 1.0] * max(1, self.G // 2)]), self.normalizer, **options
-            )
-        except TypeError as exc:
-            raise ValueError(f"normalizer {self.normalizer!r}: bad option ({exc})") from None
-        if self.G == 1:  # every group a singleton: does this normalizer still give a signal?
-            adv, _ = normalize_with_stats(np.array([[0.0], [1.0]]), self.normalizer, **options)
+        check_options(self.normalizer, options)  # the registry's one check (CLI, TRL, verl)
+        if self.G == 1 and not get_spec(self.normalizer).needs(options):  # all singletons:
+            adv, _ = normalize_with_stats(  # does this normalizer still give a signal?
+                np.array([[0.0], [1.0]]), self.normalizer,
+                state=make_state(self.normalizer, **options), **options)
             need(bool(np.any(adv != 0)),
                  f"G=1: every group is a single completion, and normalizer "
                  f"{self.normalizer!r} gives a singleton group zero advantage, so the run "

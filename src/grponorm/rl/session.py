@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..hardware import available_cores, decide_threads
+from ..normalizers.gain import gains
 from ..runs import Run, to_jsonable
 from .checkpoint import create_run, open_run, truncate_metrics
 from .config import TrainConfig
@@ -161,7 +162,7 @@ def evaluate(policy: Policy, prompts, problems, labels, cfg: TrainConfig, step: 
 
 def train_record(cfg: TrainConfig, step: int, rewards: torch.Tensor, problem_ids: list[str],
                  labels: dict[str, str], astats, update: dict, tokens: float, lr: float | None,
-                 times: dict, diag: dict | None = None) -> dict:
+                 times: dict, diag: dict | None = None, adv: torch.Tensor | None = None) -> dict:
     """The ``kind="train"`` record of one step, the same schema for every backend.
 
     Args:
@@ -171,6 +172,9 @@ def train_record(cfg: TrainConfig, step: int, rewards: torch.Tensor, problem_ids
         tokens: completion tokens sampled in the step.
         times: ``time_generate``, ``time_train``, ``time_other``, ``time_step`` (seconds).
         diag: fields of the step diagnostic, when one ran.
+        adv: ``(prompts, G)`` advantages trained on: each group's gain over ``none``
+            (``normalizers.gain.gains``) is recorded beside its success rate (``group_acc``),
+            the curve of ``grponorm normalizers show`` measured on the run.
     """
     rec: dict[str, Any] = {"kind": "train", "step": step,
                            **reward_fields(rewards, problem_ids, labels)}
@@ -181,6 +185,9 @@ def train_record(cfg: TrainConfig, step: int, rewards: torch.Tensor, problem_ids
     rec["data_position"] = step * cfg.prompts_per_step
     rec["problems"] = list(problem_ids)
     rec["group_acc"] = [float(a) for a in (rewards == 1).float().mean(dim=1)]  # per problem
+    if adv is not None:
+        a = adv.detach().float().cpu().numpy().reshape(rewards.shape)
+        rec["group_gain"] = [float(x) for x in gains(a, rewards.float().numpy())]  # (prompts,)
     if diag is not None:
         rec.update(diag)
     t_gen = times["time_generate"]

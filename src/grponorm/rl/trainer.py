@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..normalizers import normalize_with_stats
+from ..normalizers import NormalizerContext, get_spec, make_state, normalize_with_stats
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, parse_options
 from .models import reference_context
@@ -73,6 +73,7 @@ class Loop:
     labels: dict[str, str]  # problem id -> easy / hard
     ref_ctx: Callable | None  # reference-model context for the KL term (None: no KL)
     norm_options: dict  # options of cfg.normalizer
+    norm_state: Any = None  # the normalizer's state across steps (None: it keeps none)
     diagnostic: StepDiagnostic | None = None
 
 
@@ -96,7 +97,9 @@ def train_step(loop: Loop, step: int) -> dict:
     # 3-4. rewards and advantages
     refs = [p.answer for p in problems for _ in range(cfg.G)]
     rewards = torch.tensor(batch_rewards(batch.texts, refs)).view(len(problems), cfg.G)
-    adv, astats = normalize_with_stats(rewards, cfg.normalizer, **loop.norm_options)  # (n, G)
+    context = normalizer_context(cfg, loop.norm_options, batch, rewards, problems)
+    adv, astats = normalize_with_stats(rewards, cfg.normalizer, context=context,
+                                       state=loop.norm_state, **loop.norm_options)  # (n, G)
     adv = adv.to(batch.input_ids.device)
     # 5. diagnostics on the policy before the update
     diag = None
@@ -113,8 +116,25 @@ def train_step(loop: Loop, step: int) -> dict:
     times = dict(time_generate=t_gen, time_train=t_train,
                  time_other=max(0.0, t_step - t_gen - t_train - t_diag), time_step=t_step)
     rec = train_record(cfg, step, rewards, [p.id for p in problems], loop.labels, astats, tr,
-                       tr["tokens"], loop.optimizer.param_groups[0]["lr"], times, diag)
+                       tr["tokens"], loop.optimizer.param_groups[0]["lr"], times, diag, adv)
     return rec
+
+
+def normalizer_context(cfg: TrainConfig, options: dict, batch, rewards: torch.Tensor,
+                       problems: list) -> NormalizerContext | None:
+    """What the normalizer asks for beyond the rewards (``get_spec(...).needs``): completion
+    lengths ``(n, G)`` in tokens, the problem ids ``(n,)`` (stable across steps: a stateful
+    normalizer keys its state by them), and the reward components ``(n, G, 1)`` (this trainer
+    has one reward, correctness)."""
+    needs = get_spec(cfg.normalizer).needs(options)
+    if not needs:
+        return None
+    n, G = rewards.shape
+    return NormalizerContext(
+        lengths=batch.completion_mask.sum(dim=1).view(n, G).cpu() if "lengths" in needs else None,
+        prompt_ids=[p.id for p in problems] if "prompt_ids" in needs else None,
+        components=rewards.unsqueeze(-1) if "components" in needs else None,
+    )
 
 
 def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
@@ -144,13 +164,19 @@ def run(cfg: TrainConfig, progress: bool = True,
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(cfg, params)
     ref_ctx = (lambda: reference_context(model)) if cfg.kl_coef > 0 else None
+    options = parse_options(cfg.normalizer_options)
     loop = Loop(cfg, policy, optimizer, prep.pool, policy.prompts(prep.pool), prep.labels,
-                ref_ctx, parse_options(cfg.normalizer_options), measure)
+                ref_ctx, options, make_state(cfg.normalizer, **options), measure)
 
     start, state = 0, {}
     if prep.has_checkpoint:
         ckpt = load_checkpoint(prep.out.path, model, optimizer)
         start, state = int(ckpt["step"]), ckpt["extra"]
+        if loop.norm_state is not None:  # a stateful normalizer continues where it was
+            if "normalizer_state" not in state:
+                raise ValueError(f"{prep.out.path}: the checkpoint holds no state of the "
+                                 f"stateful normalizer {cfg.normalizer!r}")
+            loop.norm_state.load_state_dict(state["normalizer_state"])
     resume_metrics(prep, start if prep.has_checkpoint else None)
     setup_s = time.perf_counter() - prep.t_setup
 
@@ -160,7 +186,10 @@ def run(cfg: TrainConfig, progress: bool = True,
         for step in range(start + 1, cfg.steps + 1):
             book.step_done(train_step(loop, step))
             if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps:
-                save_checkpoint(prep.out.path, model, optimizer, step, book.state(step))
+                extra = book.state(step)
+                if loop.norm_state is not None:
+                    extra["normalizer_state"] = loop.norm_state.state_dict()
+                save_checkpoint(prep.out.path, model, optimizer, step, extra)
     finally:
         book.close()
     extra = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 from collections.abc import Sequence
 
@@ -21,6 +22,53 @@ from .common import (
 )
 
 # --------------------------------------------------------------------------------------------
+
+
+class Verdict(str, enum.Enum):
+    """What a report row concludes. A ``str``: each member equals (and prints, formats and
+    JSON-encodes as) its label, so summaries written with the bare labels stay byte-identical.
+
+    The first three are :meth:`Comparison.verdict`'s (:data:`VERDICTS`). The others label the
+    rest of a report's verdict column: the neutral directions when no side is expected
+    (``positive`` / ``negative`` / ``no clear difference``), a measured quantity the paper
+    states no claim for (``measured``), a value off the paper's (``differs``), a bound that
+    fails (``VIOLATED``), an experiment that did not run (``not run``) and a summary the report
+    could not turn into rows (``could not summarize``).
+    """
+
+    REPRODUCED = "reproduced"
+    CONTRADICTED = "contradicted"
+    INCONCLUSIVE = "inconclusive"
+    POSITIVE = "positive"
+    NEGATIVE = "negative"
+    NO_CLEAR_DIFFERENCE = "no clear difference"
+    MEASURED = "measured"
+    DIFFERS = "differs"
+    VIOLATED = "VIOLATED"
+    NOT_RUN = "not run"
+    NOT_SUMMARIZED = "could not summarize"
+
+    __str__ = str.__str__  # "reproduced", not "Verdict.REPRODUCED"
+    __format__ = str.__format__
+
+    @classmethod
+    def of_cell(cls, text: str) -> Verdict:
+        """The verdict a report cell starts with: its label alone or followed by `` (``, ``: ``
+        or `` ``, e.g. ``inconclusive (≈14 seeds would resolve 0.05)`` -> INCONCLUSIVE.
+
+        Raises:
+            ValueError: If ``text`` starts with no verdict's label (the message lists them).
+        """
+        if isinstance(text, cls):
+            return text
+        if not isinstance(text, str):
+            raise TypeError(f"a verdict cell is a string; got {type(text).__name__}")
+        for v in sorted(cls, key=lambda m: -len(m.value)):  # longest label first
+            rest = text[len(v.value):]
+            if text.startswith(v.value) and (not rest or rest[0] in " :"):
+                return v
+        labels = ", ".join(repr(v.value) for v in cls)
+        raise ValueError(f"verdict cell {text!r} starts with none of the verdicts {labels}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,14 +107,15 @@ class Comparison:
         """True when an interval exists (at least two seeds in each arm)."""
         return self.n >= 2 and not math.isnan(self.low)
 
-    def verdict(self, expected_sign: float) -> str:
-        """``"reproduced"``, ``"contradicted"`` or ``"inconclusive"`` (one of :data:`VERDICTS`).
+    def verdict(self, expected_sign: float) -> Verdict:
+        """REPRODUCED, CONTRADICTED or INCONCLUSIVE (equal to ``"reproduced"``, ... of
+        :data:`VERDICTS`).
 
         Args:
             expected_sign: The direction the paper claims for ``a - b``: +1 or -1 (any non-zero
                 real; only its sign is used).
         """
-        return _verdict(self.low, self.high, self.resolvable, expected_sign)
+        return Verdict(_verdict(self.low, self.high, self.resolvable, expected_sign))
 
     def seeds_needed(self, effect: float) -> int | None:
         """Seeds that would resolve ``effect`` at the observed spread; see :func:`seeds_needed`."""
