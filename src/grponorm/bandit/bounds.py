@@ -1,4 +1,4 @@
-"""Numerical checks of the paper's bounds (DESIGN.md §1): Lemmas 2-4, Corollary 1, Thms 3-4.
+"""Numerical checks of the paper's bounds (docs/theory.md §1): Lemmas 2-4, Corollary 1, Thms 3-4.
 
 Each check returns ratios observed / bound; a ratio above 1 is a violated bound. Alongside,
 the "sharp constant" is the largest observed value of the quantity divided by the bound's

@@ -1,6 +1,6 @@
 """Exact on-policy log-linear softmax bandit: policy, gradient, Hessian, one update.
 
-Model (DESIGN.md §1): one question with K candidate outputs, features X (K, d), parameters
+Model (docs/theory.md §1): one question with K candidate outputs, features X (K, d), parameters
 theta (d,), policy p = softmax(X theta), one correct output a, objective J(theta) = p_a = pi*.
 
 Numerics: everything is float64. 1 - pi* is never formed as ``1 - p_a``; it is the sum of the

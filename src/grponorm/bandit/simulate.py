@@ -1,6 +1,6 @@
 """Many-question, many-seed bandit simulator: exact (Eq. 5/6) and sampled-group dynamics.
 
-Two schedules, as in DESIGN.md §1:
+Two schedules, as in docs/theory.md §1:
     exact   (`simulate_exact`): each step draws one question uniformly and applies the exact
             REINFORCE or GRPO update (the setting of Theorems 3-4).
     sampled (`simulate_sampled`): each step updates every question with G sampled outputs,

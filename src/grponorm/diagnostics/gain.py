@@ -12,7 +12,7 @@ the factor by which it rescales ``none``'s step on that prompt. A flat group (k 
 (0/0 := 0): a flat group does not move the policy at all. (A normalizer registered with
 ``zero_flat=False``, e.g. a batch-mean baseline, can move a flat group; its gain there is
 ``inf`` and :attr:`GainCurve.norm` holds the step ``||A||``.) The paper's
-claim (DESIGN.md §1) is that ``group_std`` is a prompt-wise step size: its gain is
+claim (docs/theory.md §1) is that ``group_std`` is a prompt-wise step size: its gain is
 ``1/(std_k + eps)``, which grows without bound (up to ``1/eps``) as p̂ -> 0 or 1 -- the sampled
 analogue of GRPO's ``1/sqrt(pi*(1 - pi*))`` in Eq. (6), which ``bernoulli_std`` computes
 exactly as ``1/sqrt(p̂ (1 - p̂))``.

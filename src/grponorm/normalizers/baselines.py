@@ -1,5 +1,5 @@
 """Baselines and scales from the field (2025-26): NeMo-RL's leave-one-out z-score, REINFORCE++
-with baseline, batch z-score, MaxRL, OPO, James-Stein shrinkage and GDPO (DESIGN.md §7).
+with baseline, batch z-score, MaxRL, OPO, James-Stein shrinkage and GDPO (docs/theory.md §7).
 
 Each docstring gives the formula, its source, and every difference from the peer (epsilon,
 ddof, singletons, flat groups). ``opo`` needs completion lengths, ``gdpo`` reward components;

@@ -1,5 +1,5 @@
 """The group normalizers of GRPO and its first variants: z-score, mean-only, batch std, RLOO,
-and the Bernoulli forms of the exact theory (DESIGN.md §1)."""
+and the Bernoulli forms of the exact theory (docs/theory.md §1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Normalizers peers added since 2025: BNPO, MAPO, GPG and verl's pass@k GRPO (DESIGN.md §7).
+"""Normalizers peers added since 2025: BNPO, MAPO, GPG and verl's pass@k GRPO (docs/theory.md §7).
 Each cites its source; all reuse the backend helpers of ``ops``."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Normalizers that keep state across steps: KRPO's Kalman-filtered baseline and running
-moments (DESIGN.md §7).
+moments (docs/theory.md §7).
 
 A state object is made once per run (:func:`grponorm.normalizers.make_state`), passed to every
 call as ``state=`` (updated in place), saved with ``state_dict()`` (plain JSON-able values) and

@@ -1,4 +1,4 @@
-"""Comparisons over seeds: a difference, its confidence interval and a verdict (DESIGN §6).
+"""Comparisons over seeds: a difference, its confidence interval and a verdict (docs/theory.md §6).
 
 A paper-vs-ours verdict is a statistical statement about per-seed results. :func:`compare` takes
 one result per seed for each arm (paired: the same seeds, ``a[i]`` with ``b[i]``) and returns a
