@@ -295,7 +295,8 @@ def test_seeds_needed_hand_case():
     assert T975[5] / math.sqrt(6) > 1 > T975[6] / math.sqrt(7)
     assert seeds_needed(1.0, 1.0) == 7
     assert seeds_needed(-1.0, 1.0) == 7  # the sign of the effect is irrelevant
-    # docs/theory.md §6: sd 0.06, a 5 pp gap -> 9 paired seeds (t_8 0.06/3 = 0.0461 < 0.05 <= n=8's 0.0502).
+    # docs/theory.md §6: sd 0.06, a 5 pp gap -> 9 paired seeds
+    # (t_8 0.06/3 = 0.0461 < 0.05 <= n=8's 0.0502).
     assert seeds_needed(0.05, 0.06) == 9
 
 

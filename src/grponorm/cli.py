@@ -32,6 +32,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .config import add_dataclass_args, dataclass_from_args
 from .experiments.registry import EXPERIMENTS, Experiment
+from .runs import GridError
 
 GROUPS = {  # CLI group -> help line; the commands come from the experiment registry
     "bandit": "theory engine: the exact and sampled softmax bandit (E1-E3)",
@@ -94,6 +95,11 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     rp.add_argument("--out", default="runs", help="root folder (default: runs)")
     rp.add_argument("--force", action="store_true", help="re-run finished experiments")
     rp.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    rp.add_argument("--workers", type=int, default=0,
+                    help="E6 runs at once (0 = auto from cores, memory and GPUs)")
+    rp.add_argument("--executor", choices=["local", "ray"], default="local",
+                    help="where E6's runs go: local worker processes or a Ray cluster")
+    rp.add_argument("--ray-address", default="", help="Ray cluster address (\"\" = a local one)")
     rp.set_defaults(_target="reproduce")
     return parser
 
@@ -125,8 +131,10 @@ def main(argv=None) -> int:
         from .report.reproduce import reproduce
 
         try:
-            path = reproduce(args.profile, args.only, args.out, not args.no_progress, args.force)
-        except ValueError as exc:
+            path = reproduce(args.profile, args.only, args.out, not args.no_progress, args.force,
+                             workers=args.workers, executor=args.executor,
+                             ray_address=args.ray_address)
+        except (ValueError, GridError) as exc:
             print(f"grponorm: error: {exc}", file=sys.stderr)
             return 2
         print(f"report: {path}\n        {path.with_suffix('.md')}")
@@ -141,7 +149,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished parts are in the run folder", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, ImportError) as exc:
+    except (ValueError, FileNotFoundError, ImportError, GridError) as exc:
         print(f"grponorm: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -16,6 +16,11 @@ from pathlib import Path
 import numpy as np
 
 
+class GridError(RuntimeError):
+    """Some runs of a grid failed (the others finished); running the grid again retries them.
+    Lives here, at the bottom, so that the CLI can catch it without importing the trainer."""
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "w"):
     """Open ``path`` for writing so that readers only ever see the old or the whole new file.

@@ -2,7 +2,8 @@
 
 Reads top to bottom: measure the base model's per-prompt success on each slice and on candidate
 levels (is there within-group variance to learn from? how was the Hard slice chosen?) -> train
-one run per grid point, sequentially, each in ``runs/<point>/``:
+one run per grid point, each in ``runs/<point>/``, ``workers`` at once (``grid.py``: worker
+processes or a Ray cluster):
 
 - the main grid: every slice x normalizer x seed at the shared ``lr`` and ``optimizer``;
 - a learning-rate sweep (``lrs``, AdamW) and an optimizer study (``sgd_lrs``, plain SGD) on
@@ -12,12 +13,16 @@ one run per grid point, sequentially, each in ``runs/<point>/``:
 with intervals and verdicts (``rl_compare_stats``): shared LR, tuned LR per normalizer, SGD, and
 by base pass rate -> table and summary.
 
-Resumable at run granularity: ``resume=DIR`` (or re-running ``reproduce``) skips finished runs
-(those with ``summary.json``) and resumes an interrupted one from its last checkpoint.
+Resumable at run granularity: ``grid_dir=DIR`` (or re-running ``reproduce``) skips finished
+runs (those with ``summary.json``) and resumes interrupted ones from their last checkpoint, with
+the settings the grid was started with (``workers``, ``executor``, ``ray_address``,
+``gpus_per_run`` and ``run_memory_gb`` are taken from the new invocation). A failing run leaves
+``error.txt`` in its folder; the others finish, then :class:`grid.GridError` is raised.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +36,7 @@ from ..rl.config import TrainConfig, load_saved_config
 from ..rl.problems import build_problems
 from ..rl.summary import read_metrics, summary_cells, summary_window
 from ..runs import Run, environment, markdown_table
-from . import rl_train
+from .grid import GridError, Job, plan, run_jobs
 from .rl_compare_spread import measure_spread
 from .rl_compare_stats import PAPER, bin_comparisons, comparisons
 
@@ -41,7 +46,7 @@ class CompareConfig(TrainConfig):
     """E6 settings: the comparison grid; every other field is a ``rl train`` setting shared by
     all runs of the grid (``normalizer``, ``slice``, ``seed`` and ``run_dir`` are set per run)."""
 
-    HIDDEN: ClassVar[tuple[str, ...]] = ("normalizer", "slice", "seed", "run_dir")
+    HIDDEN: ClassVar[tuple[str, ...]] = ("normalizer", "slice", "seed", "run_dir", "resume")
     normalizers: list = field(default_factory=lambda: ["group_std", "none"])  # compared (Std 1st)
     slices: list = field(default_factory=lambda: ["easy", "hard"])  # difficulty slices (panels)
     seeds: list = field(default_factory=lambda: [0])  # training seeds (same for every run)
@@ -56,7 +61,19 @@ class CompareConfig(TrainConfig):
     spread_levels: list = field(default_factory=list)  # candidate levels to histogram as well
     steps: int = 25  # training steps per run
     checkpoint_every: int = 5  # checkpoint every N steps of each run
-    resume: str = ""  # compare folder to continue (finished runs are skipped)
+    grid_dir: str = ""  # compare folder to continue (finished runs are skipped)
+    workers: int = 0  # runs at once (0 = auto from cores and GPUs)
+    executor: str = "local"  # local (worker processes) or ray
+    ray_address: str = ""  # Ray cluster address ("" = start a local one)
+    threads: int = 0  # torch CPU threads of each run (0 = the cores split between the workers)
+    gpus_per_run: float = 1.0  # GPU share of one run (0.5 = two runs per GPU)
+    run_memory_gb: float = 1.1  # host memory of one CPU run (the embedded model in fp32: ~1.1)
+
+
+#: The field ``reproduce`` sets to continue an interrupted grid (finished runs are skipped).
+CONTINUE_FIELD = "grid_dir"
+#: How a grid runs, not what it computes: taken from the invocation that continues a grid.
+EXECUTION_FIELDS = ("workers", "executor", "ray_address", "gpus_per_run", "run_memory_gb")
 
 
 @dataclass(frozen=True)
@@ -136,19 +153,25 @@ def _figure(cfg: CompareConfig, curves: dict, path: Path) -> None:
     plotting.save(fig, path)
 
 
-def _open(cfg: CompareConfig) -> tuple[CompareConfig, Run]:
-    if not cfg.resume:
-        return cfg, Run.create(cfg.out, "rl_compare", cfg)
-    path = Path(cfg.resume).expanduser()
+def _settings(cfg: CompareConfig) -> CompareConfig:
+    """A new grid's settings, or those a continued grid (``grid_dir``) was started with. Old
+    compare folders (a ``resume`` field in config.json) read the same."""
+    if cfg.resume:
+        raise ValueError("resume is set per run of the grid; continue a compare folder with "
+                         "grid_dir (--grid-dir)")
+    if not cfg.grid_dir:
+        return cfg
+    path = Path(cfg.grid_dir).expanduser()
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"cannot resume: {path / 'config.json'} not found")
+        raise FileNotFoundError(f"cannot continue: {path / 'config.json'} not found")
     saved = load_saved_config(path, CompareConfig)
-    saved.resume = str(path)
-    return saved, Run(path)
+    return dataclasses.replace(saved, resume="", grid_dir=str(path),
+                               **{k: getattr(cfg, k) for k in EXECUTION_FIELDS})
 
 
 def run(cfg: CompareConfig, progress: bool = True) -> dict:
     """Train the grid (skipping finished runs), then write figures, table and summary."""
+    cfg = _settings(cfg)
     if not cfg.normalizers or not cfg.slices or not cfg.seeds:
         raise ValueError("normalizers, slices and seeds must each name at least one value")
     bad = [s for s in [*cfg.slices, *cfg.sweep_slices] if s not in ("easy", "hard", "all")]
@@ -156,7 +179,11 @@ def run(cfg: CompareConfig, progress: bool = True) -> dict:
         raise ValueError(f"slices must be easy, hard or all; got {bad}")
     for norm in cfg.normalizers:  # fail fast, before any training
         train_config(cfg, norm, cfg.slices[0], cfg.seeds[0], Path(".")).validate()
-    cfg, out = _open(cfg)
+    todo = grid(cfg)
+    how = plan(len(todo), workers=cfg.workers, executor=cfg.executor,
+               ray_address=cfg.ray_address, threads=cfg.threads, device=cfg.device,
+               gpus_per_run=cfg.gpus_per_run, run_memory_gb=cfg.run_memory_gb)
+    out = Run(Path(cfg.grid_dir)) if cfg.grid_dir else Run.create(cfg.out, "rl_compare", cfg)
     spread = None
     if cfg.measure_spread:
         spread_file = out.file("spread.json")
@@ -168,22 +195,21 @@ def run(cfg: CompareConfig, progress: bool = True) -> dict:
                                     progress)
             out.write_json("spread.json", spread)
 
+    jobs = [Job(f"{pt.key} seed {pt.seed}",
+                train_config(cfg, pt.normalizer, pt.slice, pt.seed,
+                             out.path / "runs" / pt.folder(cfg), pt.optimizer, pt.lr))
+            for pt in todo]
+    results = run_jobs(jobs, how, progress, status_file=out.file("progress.json"))
+    failed = [r for r in results if not r.ok]
+    if failed:
+        raise GridError(
+            f"{len(failed)} of {len(results)} runs failed; the others finished. Fix the cause "
+            f"and continue with --grid-dir {out.path}:\n"
+            + "\n".join(f"  {r.run_dir}: {r.error} (traceback in error.txt there)" for r in failed))
     points, curves = {}, {}
-    todo = grid(cfg)
-    for k, pt in enumerate(todo, 1):
-        sub = out.path / "runs" / pt.folder(cfg)
-        if (sub / "summary.json").is_file():
-            summary = json.loads((sub / "summary.json").read_text())
-        else:
-            if progress:
-                print(f"[{k}/{len(todo)}] {pt.key} / seed {pt.seed}", flush=True)
-            tcfg = train_config(cfg, pt.normalizer, pt.slice, pt.seed, sub, pt.optimizer, pt.lr)
-            if (sub / "config.json").is_file():  # interrupted earlier: continue it
-                tcfg = TrainConfig(resume=str(sub))
-            summary = rl_train.run(tcfg, progress=progress)
-        points.setdefault(pt.key, []).append(summary)
-        curves[(pt.key, pt.seed)] = read_metrics(sub)
-        out.write_json("progress.json", {"done": k, "total": len(todo)})
+    for pt, res in zip(todo, results, strict=True):
+        points.setdefault(pt.key, []).append(res.summary)
+        curves[(pt.key, pt.seed)] = read_metrics(res.run_dir)
     return _finish(cfg, out, points, curves, spread)
 
 

@@ -1,7 +1,8 @@
 """Helpers for an experiment's paper-vs-ours report rows (``report_rows``).
 
 A comparative row shows the difference with its interval, the number of seeds and the verdict of
-``grponorm.stats`` (docs/theory.md §6). Experiments compute the :class:`~grponorm.stats.Comparison` when
+``grponorm.stats`` (docs/theory.md §6). Experiments compute the
+:class:`~grponorm.stats.Comparison` when
 they run and keep :func:`entry` of it in their summary (plain JSON: the report reads summaries
 back from disk), so ``report_rows`` only formats strings.
 

@@ -3,7 +3,13 @@
 The experiments are the paper entries of ``grponorm.experiments.registry``; each module owns
 its config overrides per profile (``PROFILES``), the paper's numbers and ``report_rows``, which
 turn its summary into "paper vs ours" rows with a one-line verdict. Finished experiments leave
-<out>/<id>/done.json; a re-run skips them (delete the file, or use --force, to redo one).
+<out>/<id>/done.json; a re-run skips them (delete the file, or use --force, to redo one). An
+interrupted experiment continues where it stopped when its module names the config field that
+continues it (``CONTINUE_FIELD``, e.g. E6's ``grid_dir``); the others start afresh.
+
+``workers`` / ``executor`` / ``ray_address`` go to the experiments that train grids of runs
+(those whose config has a ``workers`` field: E6), which run that many at once
+(``experiments/grid.py``). The seed sweeps of E3 and E5 stay sequential, in one process.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+from ..experiments.grid import check_settings
 from ..experiments.registry import Experiment, by_id, paper_experiments
 from ..runs import environment, to_jsonable
 from . import render
@@ -73,9 +80,10 @@ def run_one(exp: Experiment, profile: str, out: Path, progress: bool, force: boo
     except ImportError as exc:
         return {"eid": exp.eid, "status": "unavailable", "reason": str(exc)}
     previous = _previous_run(folder)
-    if previous is not None and not force and hasattr(cfg, "resume"):
-        print(f"[reproduce] {exp.eid}: resuming {previous}", file=sys.stderr)
-        cfg = dataclasses.replace(cfg, resume=str(previous))  # finished runs are skipped
+    field = getattr(mod, "CONTINUE_FIELD", "")  # the module's own way to continue, if any
+    if previous is not None and not force and field:
+        print(f"[reproduce] {exp.eid}: continuing {previous}", file=sys.stderr)
+        cfg = dataclasses.replace(cfg, **{field: str(previous)})  # finished runs are skipped
     t0 = time.time()
     summary = mod.run(cfg, progress=progress)
     rec = {"eid": exp.eid, "status": "done", "profile": profile, "summary": summary,
@@ -90,15 +98,20 @@ def run_one(exp: Experiment, profile: str, out: Path, progress: bool, force: boo
 
 def reproduce(profile: str = "quick", only: list[str] | None = None, out: str | Path = "runs",
               progress: bool = True, force: bool = False,
-              overrides: dict[str, dict] | None = None) -> Path:
+              overrides: dict[str, dict] | None = None, workers: int = 0,
+              executor: str = "local", ray_address: str = "") -> Path:
     """Run the selected experiments and write <out>/reproduce-<profile>/report.{html,md}.
 
     Args:
         overrides: per-experiment config fields on top of the profile, e.g. {"E1": {...}}.
+        workers, executor, ray_address: how the grid experiments (E6) run their runs
+            (``rl compare --workers/--executor/--ray-address``); an override wins.
     """
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+    check_settings(workers, executor, ray_address)  # before any experiment starts
     exps = [by_id(i) for i in only] if only else paper_experiments()
+    grid = {"workers": workers, "executor": executor, "ray_address": ray_address}
     root = Path(out) / f"reproduce-{profile}"
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -113,8 +126,10 @@ def reproduce(profile: str = "quick", only: list[str] | None = None, out: str | 
             continue
         sections.append(section(exp, mod))
         print(f"[reproduce] {exp.eid}: {mod.TITLE}", file=sys.stderr)
-        records.append(run_one(exp, profile, root, progress, force,
-                               (overrides or {}).get(exp.eid)))
+        extra = (overrides or {}).get(exp.eid) or {}
+        if "workers" in {f.name for f in dataclasses.fields(exp.load()[1])}:
+            extra = {**grid, **extra}
+        records.append(run_one(exp, profile, root, progress, force, extra))
     meta = {"profile": profile, "command": "grponorm " + " ".join(sys.argv[1:]),
             "environment": environment(), "wall_time_s": round(time.time() - t0, 1),
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
