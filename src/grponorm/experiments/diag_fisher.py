@@ -56,6 +56,7 @@ from ..rl.config import TrainConfig, load_saved_config
 from ..rl.policy import load_policy
 from ..rl.problems import build_problems, probe_problems, slice_labels
 from ..rl.rewards import batch_rewards
+from ..rl.session import run_threads
 from ..rl.summary import read_metrics
 from ..runs import Run, markdown_table, to_jsonable
 from . import table1
@@ -243,8 +244,7 @@ def _run_checkpoints(cfg: FisherConfig, progress: bool) -> dict:
         raise ValueError("checkpoints mode needs a LoRA run (lora_r > 0)")
     states = saved_states(src)
     out = Run.create(cfg.out, "diag_fisher", cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(run_threads(cfg.threads)[0])
     pool, _ = build_problems(tcfg)
     if tcfg.slice != "all" and tcfg.slice_by != "pass_rate":
         labels = slice_labels(tcfg, pool, None)

@@ -1,9 +1,10 @@
 """E4: |cos| between prompt embeddings of random question pairs (the paper's Figure 1).
 
 Reads top to bottom: distinct questions of the task -> ``n_pairs`` random distinct pairs ->
-the texts of the questions involved -> pooled penultimate-layer hidden states (cached on disk)
--> |cos| of every pair, raw and mean-centered -> table beside the paper's numbers, histogram,
-inverse-CDF figure, summary.json.
+the texts of the questions involved -> pooled penultimate-layer hidden states (the token prefix
+all chat prompts share run once, ``share_prefix``; cached on disk) -> |cos| of every pair, raw
+and mean-centered -> table beside the paper's numbers, histogram, inverse-CDF figure,
+summary.json.
 
 What is embedded (``use_chat_template``):
 
@@ -58,7 +59,7 @@ class OrthogonalityConfig:
     """E4 settings (see the module docstring for what is embedded and pooled)."""
 
     model: str = "embedded"  # HF id, local model folder, .gguf file, or embedded (SmolLM2-135M)
-    dtype: str = "float32"  # parameter dtype: float32 or bfloat16
+    dtype: str = "auto"  # auto (bf16 on CUDA and native-bf16 CPUs, else fp32), bfloat16, float32
     task: str = "gsm8k"  # gsm8k or arithmetic
     gsm8k_dir: str = ""  # local GSM8K folder ("" = $GRPONORM_GSM8K_DIR, else the hub)
     split: str = "train"  # GSM8K split the questions come from
@@ -71,7 +72,8 @@ class OrthogonalityConfig:
     use_chat_template: bool = True  # embed the training chat prompt; no: the bare question text
     pool_tokens: str = "question"  # mean pooling of a chat prompt: question (its tokens) or prompt
     batch_size: int = 16  # prompts per forward pass
-    threads: int = 0  # torch CPU threads (0 = torch's default)
+    share_prefix: bool = True  # run the token prefix all prompts share (template) only once
+    threads: int = 0  # torch CPU threads (0 = auto: the cores this process may use, at most 8)
     device: str = "auto"  # auto (CUDA GPU when present, else CPU), cpu, cuda or cuda:N
     cache_dir: str = ""  # model/embedding cache ("" = $GRPONORM_CACHE or ~/.cache/grponorm)
     out: str = "runs"  # root folder for run outputs
@@ -184,10 +186,10 @@ def run(cfg: OrthogonalityConfig, progress: bool = True) -> dict:
     cfg.validate()
     import torch
 
-    from ..rl.models import ModelConfig, default_cache_dir, load_model
+    from ..rl.models import ModelConfig, default_cache_dir, load_model, resolved_dtype
+    from ..rl.session import run_threads
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(run_threads(cfg.threads)[0])
     out = Run.create(cfg.out, "diag_orthogonality", cfg)
     cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
 
@@ -200,8 +202,9 @@ def run(cfg: OrthogonalityConfig, progress: bool = True) -> dict:
 
     # 2. embeddings -------------------------------------------------------------------------
     t0 = time.perf_counter()
-    model, tok = load_model(ModelConfig(model=cfg.model, dtype=cfg.dtype, cache_dir=cache,
-                                        device=cfg.device))
+    mcfg = ModelConfig(model=cfg.model, dtype=cfg.dtype, cache_dir=str(cache), device=cfg.device)
+    dtype, dtype_reason = resolved_dtype(mcfg)
+    model, tok = load_model(mcfg)
     load_s = time.perf_counter() - t0
     texts, spans, what = _texts(cfg, tok, chosen)
     stats: dict = {}
@@ -209,7 +212,8 @@ def run(cfg: OrthogonalityConfig, progress: bool = True) -> dict:
     E = orth.prompt_embeddings(
         model, tok, texts, layer=cfg.layer, pooling=cfg.pooling, spans=spans,
         add_special_tokens=not cfg.use_chat_template, batch_size=cfg.batch_size,
-        cache_dir=cache, progress=progress, stats=stats)  # (Q, hidden)
+        share_prefix=cfg.share_prefix, cache_dir=cache, progress=progress,
+        stats=stats)  # (Q, hidden)
     embed_s = time.perf_counter() - t0
     n_layers = getattr(model.config, "num_hidden_layers", None)
     del model
@@ -236,11 +240,13 @@ def run(cfg: OrthogonalityConfig, progress: bool = True) -> dict:
                           ("ours, mean-centered", s_cen))],
     ]
     rate = len(texts) / embed_s if embed_s > 0 else float("nan")
+    shared = stats.get("shared_prefix_tokens", 0)
     timing = ("read from the embedding cache" if stats.get("cache_hit") else
               f"{embed_s:.1f} s, {rate:.2f} questions/s, "
-              f"{stats['n_tokens'] / max(embed_s, 1e-9):.0f} tokens/s")
+              f"{stats['n_tokens'] / max(embed_s, 1e-9):.0f} tokens/s run"
+              + (f" (a {shared}-token common prefix run once)" if shared else ""))
     table = (
-        f"E4 orthogonality: {cfg.model} ({cfg.dtype}), {len(chosen)} distinct questions of "
+        f"E4 orthogonality: {cfg.model} ({dtype}), {len(chosen)} distinct questions of "
         f"{len(problems)} ({source}), {cfg.n_pairs} random pairs (seed {cfg.seed}); "
         f"{layer_txt}, {cfg.pooling} pooling over {what}.\n\n"
         + markdown_table(header, rows)
@@ -259,6 +265,8 @@ def run(cfg: OrthogonalityConfig, progress: bool = True) -> dict:
     summary = {
         "experiment": "E4",
         "model": cfg.model,
+        "dtype": dtype,
+        "dtype_reason": dtype_reason,
         "source": source,
         "embedded_text": what,
         "layer": cfg.layer,
@@ -276,6 +284,7 @@ def run(cfg: OrthogonalityConfig, progress: bool = True) -> dict:
         "embed_seconds": round(embed_s, 3),
         "questions_per_s": rate,
         "tokens": stats.get("n_tokens", 0),
+        "shared_prefix_tokens": stats.get("shared_prefix_tokens", 0),
         "cache_hit": bool(stats.get("cache_hit")),
         "cache_path": stats.get("cache_path"),
         "load_seconds": round(load_s, 3),
@@ -292,9 +301,9 @@ TITLE = "Orthogonality of prompt representations"
 PAPER_LINE = (f"mean |cos| {PAPER['mean']}, sd {PAPER['sd']}, >{PAPER['frac_below']:.0%} below "
               f"{PAPER['threshold']} ({PAPER['model']})")
 PROFILES = {
-    "quick": dict(n_pairs=150, dtype="bfloat16"),
-    "cpu": dict(dtype="bfloat16"),
-    "paper": dict(model="Qwen/Qwen2.5-Math-1.5B", dtype="bfloat16"),
+    "quick": dict(n_pairs=150),
+    "cpu": {},
+    "paper": dict(model="Qwen/Qwen2.5-Math-1.5B"),
 }
 
 

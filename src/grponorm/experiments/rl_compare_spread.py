@@ -25,6 +25,7 @@ from ..rl.problems import (
     pass_rate_cache,
     slice_labels,
 )
+from ..rl.session import run_threads
 from ..runs import Run
 
 __all__ = ["histogram_entry", "histogram_figure", "measure_spread"]
@@ -62,8 +63,7 @@ def measure_spread(base: TrainConfig, slices: list[str], levels: list[str], spre
     candidate arithmetic level in ``levels``, plus ``question -> base pass rate`` of every
     distinct training question of the slices (``"rates"``); a candidate level gets
     ``spread_n`` (or :data:`CANDIDATE_QUESTIONS`) questions. Draws ``success_hist.png``."""
-    if base.threads:
-        torch.set_num_threads(base.threads)
+    torch.set_num_threads(run_threads(base.threads)[0])
     pool, _ = build_problems(base)
     policy = load_policy(base)
     labels = slice_labels(base, pool, difficulty_scores(base, pool, policy, progress))
