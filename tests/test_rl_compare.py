@@ -11,6 +11,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 import numpy as np  # noqa: E402
+from scipy import stats  # noqa: E402
 
 from conftest import TINY_TRAIN  # noqa: E402  (tests/conftest.py)
 from grponorm.experiments import grid as grid_runner  # noqa: E402
@@ -144,7 +145,12 @@ def test_comparisons_pair_arms_by_seed_std_minus_none():
     assert row["diff"] == pytest.approx(np.mean(d), abs=1e-12)
     half = 4.302652729749462 * np.std(d, ddof=1) / np.sqrt(3)  # t_{2, 0.975} sd / sqrt(n)
     assert (row["low"], row["high"]) == pytest.approx((np.mean(d) - half, np.mean(d) + half))
-    assert row["low"] > 0 and row["verdict"] is Verdict.REPRODUCED and row["cell"] == "reproduced"
+    assert row["low"] > 0 and row["verdict"] is Verdict.REPRODUCED
+    assert row["cell"].startswith("reproduced")
+    # against the paper's effect: the one-sided (90%) bound is the largest effect still allowed
+    upper = np.mean(d) + stats.t.ppf(0.95, 2) * np.std(d, ddof=1) / np.sqrt(3)
+    assert row["largest_allowed"] == pytest.approx(upper)
+    assert row["smaller_than_paper"] == (upper < 0.05)
     assert (row["mean_a"], row["mean_b"]) == pytest.approx((np.mean([0.50, 0.71, 0.62]),
                                                           np.mean([0.40, 0.66, 0.55])))
     assert row["text"].startswith("+0.073 [")  # the cell shows this difference
@@ -179,6 +185,6 @@ def test_report_rows_show_each_comparisons_numbers_and_verdict():
     assert row[0] == "Hard: train sample accuracy, last window, shared LR (adamw, 0.001)"
     assert row[1] == "≈81% vs 76%"  # the paper's Figure 2, Hard slice
     assert row[2] == f"0.700 vs 0.500; Std − No-Std {c['text']}" and "+0.200 [" in row[2]
-    assert row[3] == c["cell"] == "reproduced"
+    assert row[3] == c["cell"] and row[3].startswith("reproduced; effects up to +0.2")
     assert bin_["verdict"] is Verdict.CONTRADICTED and bin_row[3] == "Std behind here"
     assert bin_row[0] == "Hard: base pass rate [0.25, 0.50] (12 prompt-steps)"

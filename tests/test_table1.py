@@ -91,8 +91,14 @@ def test_table1_verdicts():
     zero = _entry([0.01, -0.02, 0.00, 0.02, -0.01, 0.01, 0.00, -0.01])
     wide = _entry([0.5, -0.4, 0.3, -0.2])
     rows = table1_rows(strong, [("lag 1", zero), ("lag 2", strong), ("lag 3", wide)], "bandit")
-    assert rows[0][3] == "reproduced"
+    assert rows[0][3].startswith("reproduced; effects up to +0.4")  # the largest still allowed
+    assert rows[0][3].endswith("not excluded (paper +0.342)")
     assert "n=8 measurements" in rows[0][2] and "[" in rows[0][2]
+    weak = table1_rows(_entry([0.05, 0.08, 0.02, 0.06, 0.04, 0.07, 0.03, 0.05]), [], "bandit")
+    assert weak[0][3].startswith("reproduced, but smaller than the paper's: effects up to +0.0")
+    none_ = table1_rows(zero, [], "bandit")  # interval around 0, far below 0.342
+    assert none_[0][3].startswith("smaller than the paper's (+0.342): effects beyond +0.0")
+    assert none_[0][3].verdict.value == "smaller than the paper's"
     assert rows[1][3].startswith("reproduced (≈ 0")
     assert rows[2][3].startswith("contradicted")
     assert rows[3][3].startswith("inconclusive (≈") and "measurements" in rows[3][3]

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..stats import compare
-from .rows import entry
+from ..stats import compare, effect_reading
+from .rows import effect_cell, entry
 
 __all__ = ["EXPECTED", "PAPER", "PAPER_EFFECT", "bin_comparisons", "comparisons", "tuned_lr"]
 
@@ -47,12 +47,17 @@ def _row(what: str, slice_: str, metric: str, a: list, b: list, extra: dict) -> 
     c = compare(a, b, paired=True)
     effect = PAPER_EFFECT.get(slice_, 0.03)
     cells = entry(c, EXPECTED, effect)
+    reading = effect_reading(np.subtract(a, b), EXPECTED * effect) if len(a) >= 1 else None
+    largest = None if reading is None or not reading.resolvable else reading.largest
+    smaller = bool(reading is not None and reading.smaller)
     return {"what": what, "slice": slice_, "metric": metric, **extra, "n": c.n,
             "mean_a": float(np.mean(a)) if a else None, "mean_b": float(np.mean(b)) if b else None,
             "diff": c.diff, "low": c.low, "high": c.high, "p": c.p,
             "verdict": c.verdict(EXPECTED), "paper_effect": effect,
             "seeds_needed": c.seeds_needed(effect) if c.n >= 2 else None,
-            "text": cells["text"], "cell": cells["verdict"]}
+            "largest_allowed": largest, "smaller_than_paper": smaller,
+            "text": cells["text"],
+            "cell": effect_cell(cells["verdict"], largest, EXPECTED * effect, smaller)}
 
 
 def tuned_lr(points: dict, slice_: str, norm: str, opt: str, lrs: list) -> float | None:

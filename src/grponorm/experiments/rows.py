@@ -19,8 +19,8 @@ import math
 from ..stats import Comparison, RatioComparison
 from ..stats.paired import Verdict
 
-__all__ = ["VerdictCell", "as_verdict_cell", "entry", "fmt", "interval_text", "ratio_entry",
-           "verdict_cell"]
+__all__ = ["VerdictCell", "as_verdict_cell", "effect_cell", "entry", "fmt", "interval_text",
+           "ratio_entry", "verdict_cell"]
 
 
 class VerdictCell(str):
@@ -170,3 +170,22 @@ def ratio_entry(rc: RatioComparison, expected_sign: float = 1.0) -> dict:
     return {"ratio": rc.ratio, "low": None if math.isnan(rc.low) else rc.low,
             "high": None if math.isnan(rc.high) else rc.high, "n": log.n, "p": (
                 None if math.isnan(log.p) else log.p), "text": text, "verdict": verdict}
+
+
+def effect_cell(cell: VerdictCell, largest: float | None, paper: float,
+                smaller: bool) -> VerdictCell:
+    """``cell`` read against the paper's effect size (``stats.effect_reading`` /
+    ``mean_correlation_reading``: ``largest`` is the largest effect on the paper's side that
+    the interval still allows, ``smaller`` whether that is below the paper's ``paper``):
+    ``smaller than the paper's (+0.050): effects beyond +0.021 excluded``, or ``cell`` followed
+    by ``effects up to +0.128 not excluded (paper +0.050)``. No interval: ``cell`` as is."""
+    if largest is None or math.isnan(largest):
+        return cell
+    if smaller and cell.verdict is not Verdict.REPRODUCED:
+        return VerdictCell(f"{Verdict.SMALLER.value} ({_num(paper)}): effects beyond "
+                           f"{_num(largest)} excluded", Verdict.SMALLER)
+    if smaller:  # the sign is the paper's, the size is not
+        return VerdictCell(f"{cell}, but smaller than the paper's: effects up to "
+                           f"{_num(largest)} (paper {_num(paper)})", cell.verdict)
+    return VerdictCell(f"{cell}; effects up to {_num(largest)} not excluded (paper "
+                       f"{_num(paper)})", cell.verdict)

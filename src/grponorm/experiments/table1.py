@@ -39,8 +39,8 @@ import numpy as np
 from scipy import stats as sps
 
 from ..diagnostics.correlation import per_step, summarize
-from ..stats import Comparison, autocorr_mean_interval, compare
-from .rows import verdict_cell
+from ..stats import Comparison, autocorr_mean_interval, compare, mean_correlation_reading
+from .rows import effect_cell, verdict_cell
 
 __all__ = ["ACROSS_BOUND", "PAPER", "PAPER_LINE", "PAPER_TABLE1", "correlation_entry",
            "lag_intervals", "table1_rows"]
@@ -83,7 +83,8 @@ def correlation_entry(groups: list[list[dict]], key: str = "pearson",
     unit = "seeds" if len(zs) >= 2 else "measurements"
     units = np.array([z.mean() for z in zs]) if len(zs) >= 2 else (zs[0] if zs else np.zeros(0))
     if units.size == 0:
-        return {"unit": unit, "n": 0, "n_eff": None, "z": None, "z_low": None, "z_high": None,
+        return {"unit": unit, "n": 0, "n_eff": None, "largest": None, "smaller": False,
+                "z": None, "z_low": None, "z_high": None,
                 "sd_z": None, "p": None, "r": None, "low": None, "high": None}
     c = compare(units, np.zeros_like(units), confidence=confidence)
     low, high, p, n_eff = c.low, c.high, c.p, float(c.n)
@@ -96,7 +97,11 @@ def correlation_entry(groups: list[list[dict]], key: str = "pearson",
             p = float(2 * sps.t.sf(abs(t), n_eff - 1))
         elif sd > 0:
             p = math.nan
+    reading = mean_correlation_reading(  # against the paper's same-step r, on the r scale
+        np.tanh(units), PAPER["same step"]["pearson"], confidence=confidence,
+        n_eff=n_eff if unit == "measurements" else None)
     return {"unit": unit, "n": c.n, "n_eff": _none(n_eff), "z": c.diff, "z_low": _none(low),
+            "largest": _none(reading.largest), "smaller": bool(reading.smaller),
             "z_high": _none(high), "sd_z": _none(c.sd), "p": _none(p), "r": math.tanh(c.diff),
             "low": None if _none(low) is None else math.tanh(low),
             "high": None if _none(high) is None else math.tanh(high)}
@@ -188,8 +193,10 @@ def table1_rows(same: dict, across: list[tuple[str, dict]], where: str) -> list[
         return _text(pe), verdict(_comparison(iv), iv["unit"])
 
     paper_same = PAPER["same step"]["pearson"]
-    text, verdict = cells(same, lambda c, unit: verdict_cell(
-        c, +1, math.atanh(paper_same), unit, effect_text=f"{paper_same}"))
+    iv_same = same["pearson"].get("interval") or {}
+    text, verdict = cells(same, lambda c, unit: effect_cell(
+        verdict_cell(c, +1, math.atanh(paper_same), unit, effect_text=f"{paper_same}"),
+        iv_same.get("largest"), paper_same, bool(iv_same.get("smaller"))))
     rows = [[f"Fisher vs reward variance, same step ({where})", PAPER_SAME, text, verdict]]
     for label, entry in across:
         text, verdict = cells(entry, lambda c, unit: across_verdict(c, unit))

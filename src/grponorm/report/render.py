@@ -44,6 +44,7 @@ VERDICT_CLASS = {
     Verdict.NEGATIVE: "ok",
     Verdict.NO_CLEAR_DIFFERENCE: "neutral",
     Verdict.MEASURED: "ok",
+    Verdict.SMALLER: "bad",
     Verdict.DIFFERS: "bad",
     Verdict.VIOLATED: "bad",
     Verdict.NOT_RUN: "bad",

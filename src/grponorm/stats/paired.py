@@ -30,7 +30,9 @@ class Verdict(str, enum.Enum):
 
     The first three are :meth:`Comparison.verdict`'s (:data:`VERDICTS`). The others label the
     rest of a report's verdict column: the neutral directions when no side is expected
-    (``positive`` / ``negative`` / ``no clear difference``), a measured quantity the paper
+    (``positive`` / ``negative`` / ``no clear difference``), an effect the interval shows to be
+    smaller than the paper's (``smaller than the paper's``: ``stats.effect_reading``), a
+    measured quantity the paper
     states no claim for (``measured``), a value off the paper's (``differs``), a bound that
     fails (``VIOLATED``), an experiment that did not run (``not run``) and a summary the report
     could not turn into rows (``could not summarize``).
@@ -43,6 +45,7 @@ class Verdict(str, enum.Enum):
     NEGATIVE = "negative"
     NO_CLEAR_DIFFERENCE = "no clear difference"
     MEASURED = "measured"
+    SMALLER = "smaller than the paper's"
     DIFFERS = "differs"
     VIOLATED = "VIOLATED"
     NOT_RUN = "not run"
