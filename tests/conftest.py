@@ -108,7 +108,8 @@ def tiny_policy_dir(tmp_path_factory) -> Path:
 
 
 #: Settings of a tiny, fast training run on the tiny policy.
-TINY_TRAIN = dict(
+TINY_TRAIN = dict(  # float32: the same arithmetic on every CPU (dtype="auto" is tested apart)
+    dtype="float32",
     levels=["add1", "mul1"],
     n_train=16,
     n_eval=2,

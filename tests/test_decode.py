@@ -22,7 +22,7 @@ from grponorm.rl.rollout.generate import HFGenerateEngine  # noqa: E402
 
 @pytest.fixture(scope="module")
 def tiny(tiny_policy_dir):
-    model, tok = load_model(ModelConfig(model=str(tiny_policy_dir)))
+    model, tok = load_model(ModelConfig(model=str(tiny_policy_dir), dtype="float32"))
     problems = arithmetic_level("add1", 2, seed=0) + arithmetic_level("mul1", 2, seed=0)
     prompts = [chat_prompt(tok, problem_messages(p)) for p in problems]
     prompts[1] += " what is"  # different lengths: left padding in play

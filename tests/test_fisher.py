@@ -126,7 +126,8 @@ def test_group_traces_equal_hand_computation(tiny_policy_dir):
     from grponorm.rl.rollout.generate import HFGenerateEngine
 
     torch.set_num_threads(1)
-    mcfg = ModelConfig(model=str(tiny_policy_dir), lora_r=4, lora_alpha=8.0, device="cpu")
+    mcfg = ModelConfig(model=str(tiny_policy_dir), lora_r=4, lora_alpha=8.0, device="cpu",
+                       dtype="float32")
     model, tok = load_model(mcfg)
     torch.manual_seed(0)
     model = apply_lora(model, mcfg)

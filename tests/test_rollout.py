@@ -44,7 +44,7 @@ def test_completion_mask_from_first_eos():
 
 @pytest.fixture(scope="module")
 def engine_and_prompts(tiny_policy_dir):
-    model, tok = load_model(ModelConfig(model=str(tiny_policy_dir)))
+    model, tok = load_model(ModelConfig(model=str(tiny_policy_dir), dtype="float32"))
     problems = arithmetic_level("add1", 3, seed=0)
     prompts = [chat_prompt(tok, problem_messages(p)) for p in problems]
     prompts[1] += " what is"  # make the prompts different lengths (left padding in play)

@@ -23,7 +23,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 from conftest import tiny_train_config  # noqa: E402  (tests/conftest.py)
-from grponorm.rl import logprobs, trainer  # noqa: E402
+from grponorm.rl import logprobs, session, trainer  # noqa: E402
 from grponorm.rl.config import TrainConfig  # noqa: E402
 from grponorm.rl.policy import load_policy  # noqa: E402
 from grponorm.rl.problems import build_problems  # noqa: E402
@@ -101,10 +101,10 @@ def test_log_line_averages_the_interval():
              "time_step": 2.0},
             {"step": 10, "reward_mean": 1.0, "acc": 1.0, "loss": -0.1, "frac_zero_variance": 0.0,
              "time_step": 4.0}]
-    line = trainer.log_line(recs, 40, 0.25)
+    line = session.log_line(recs, 40, 0.25)
     assert line == ("step 10/40 | reward 0.750 | acc 0.750 | loss +0.0000 | zero-var 0.25 | "
                     "3.00 s/step | eval 0.250")
-    assert "eval" not in trainer.log_line(recs[:1], 40, None)
+    assert "eval" not in session.log_line(recs[:1], 40, None)
 
 
 def test_slice_filters_training_problems(tiny_policy_dir, tmp_path, capsys):

@@ -24,7 +24,7 @@ PROMPTS = ["what is 2 + 3 ?", "what is 4 * 5 ? answer"]  # different lengths: le
 
 @pytest.fixture(scope="module")
 def model_tok(tiny_policy_dir):
-    return load_model(ModelConfig(model=str(tiny_policy_dir), device="cpu"))
+    return load_model(ModelConfig(model=str(tiny_policy_dir), device="cpu", dtype="float32"))
 
 
 class FakeParams:
@@ -135,7 +135,7 @@ def test_greedy_asks_for_one_sample_and_repeats_it(model_tok):
 
 @pytest.fixture(scope="module")
 def peft_model(tiny_policy_dir):
-    cfg = ModelConfig(model=str(tiny_policy_dir), device="cpu", lora_r=2)
+    cfg = ModelConfig(model=str(tiny_policy_dir), device="cpu", lora_r=2, dtype="float32")
     model = apply_lora(load_model(cfg)[0], cfg)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -147,7 +147,7 @@ def peft_model(tiny_policy_dir):
 
 def test_merged_state_items_maps_peft_to_plain_names(peft_model, tiny_policy_dir):
     model, cfg = peft_model
-    plain = load_model(ModelConfig(model=str(tiny_policy_dir), device="cpu"))[0]
+    plain = load_model(ModelConfig(model=str(tiny_policy_dir), device="cpu", dtype="float32"))[0]
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     x = torch.tensor([[3, 4, 5, 6]])
     with torch.no_grad():
