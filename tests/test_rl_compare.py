@@ -21,7 +21,7 @@ from grponorm.stats import compare  # noqa: E402
 from grponorm.stats.paired import Verdict  # noqa: E402
 
 
-def test_compare_grid_figure_table_and_resume(tiny_policy_dir, tmp_path):
+def test_compare_grid_figure_table_and_resume(tiny_policy_dir, tmp_path, monkeypatch):
     shared = {k: v for k, v in TINY_TRAIN.items() if k != "eval_every"}
     cfg = rl_compare.CompareConfig(
         model=str(tiny_policy_dir),
@@ -29,7 +29,6 @@ def test_compare_grid_figure_table_and_resume(tiny_policy_dir, tmp_path):
         cache_dir=str(tmp_path / "cache"),
         steps=2,
         eval_every=2,
-        dtype="float32",
         spread_n=4,
         pass_rate_k=4,
         **shared,
@@ -57,6 +56,29 @@ def test_compare_grid_figure_table_and_resume(tiny_policy_dir, tmp_path):
     again = rl_compare.run(rl_compare.CompareConfig(grid_dir=str(out)), progress=False)
     assert again["results"] == summary["results"]
     assert (out / "runs" / "easy-none-s0" / "summary.json").stat().st_mtime_ns == stamp
+    # analyze_only: the table and summary rebuilt from the finished runs, nothing trained
+    (out / "runs" / "hard-none-s0" / "summary.json").unlink()  # an unfinished run is left out
+    monkeypatch.setattr(grid_runner.rl_train, "run", lambda *a, **k: pytest.fail("trained"))
+    again = rl_compare.run(rl_compare.CompareConfig(grid_dir=str(out), analyze_only=True),
+                           progress=False)
+    assert set(again["points"]) == {"easy/group_std/adamw/lr0.005", "easy/none/adamw/lr0.005",
+                                    "hard/group_std/adamw/lr0.005"}
+    primary = [r for r in again["comparisons"] if r["metric"] == "acc_primary"]
+    assert [r["slice"] for r in primary] == ["easy"]  # hard lost its pair
+    recs = read_metrics(out / "runs" / "easy-none-s0")
+    assert again["points"]["easy/none/adamw/lr0.005"]["acc_primary"] == pytest.approx(
+        np.mean([r["acc"] for r in recs][-10:]))
+
+
+def test_window_metrics():
+    recs = [{"kind": "eval", "step": 0, "eval_acc": 0.1}]
+    recs += [{"kind": "train", "step": t, "acc": t / 20} for t in range(1, 21)]
+    recs += [{"kind": "eval", "step": 10, "eval_acc": 0.5}, {"kind": "eval", "step": 20,
+                                                             "eval_acc": 0.7}]
+    m = rl_compare.window_metrics(recs, 10)
+    assert m["acc_primary"] == pytest.approx(np.mean(np.arange(11, 21) / 20))
+    assert m["eval_mean"] == pytest.approx(0.6)  # step 0 (the base model) left out
+    assert rl_compare.window_metrics(recs[:1], 10) == {"acc_primary": None, "eval_mean": None}
 
 
 def test_grid_sweeps_resume_and_paired_comparisons(tiny_policy_dir, tmp_path, monkeypatch):
@@ -65,7 +87,7 @@ def test_grid_sweeps_resume_and_paired_comparisons(tiny_policy_dir, tmp_path, mo
     shared = {k: v for k, v in TINY_TRAIN.items() if k not in ("eval_every", "levels")}
     cfg = rl_compare.CompareConfig(
         model=str(tiny_policy_dir), out=str(tmp_path / "runs"), cache_dir=str(tmp_path / "c"),
-        steps=2, eval_every=2, dtype="float32", measure_spread=False, levels=["add1", "mul1"],
+        steps=2, eval_every=2, measure_spread=False, levels=["add1", "mul1"],
         seeds=[0, 1], lrs=[1e-3], sgd_lrs=[0.5], sweep_seeds=1, workers=1, **shared)
     points = rl_compare.grid(cfg)
     assert len(points) == 2 * 2 * 2 + 2 * 1 + 2 * 1 and len(set(points)) == len(points)

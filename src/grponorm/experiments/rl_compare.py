@@ -36,9 +36,9 @@ from ..rl.config import TrainConfig, load_saved_config
 from ..rl.problems import build_problems
 from ..rl.summary import read_metrics, summary_cells, summary_window
 from ..runs import Run, environment, markdown_table
-from .grid import GridError, Job, plan, run_jobs
+from .grid import GridError, Job, Result, plan, run_jobs
 from .rl_compare_spread import measure_spread
-from .rl_compare_stats import PAPER, bin_comparisons, comparisons
+from .rl_compare_stats import METRICS, PAPER, bin_comparisons, comparisons
 
 
 @dataclass
@@ -68,12 +68,15 @@ class CompareConfig(TrainConfig):
     threads: int = 0  # torch CPU threads of each run (0 = the cores split between the workers)
     gpus_per_run: float = 1.0  # GPU share of one run (0.5 = two runs per GPU)
     run_memory_gb: float = 1.1  # host memory of one CPU run (the embedded model in fp32: ~1.1)
+    primary_window: int = 10  # the primary metric: train accuracy over the last N steps
+    analyze_only: bool = False  # no training: rebuild table, figure, summary from finished runs
 
 
 #: The field ``reproduce`` sets to continue an interrupted grid (finished runs are skipped).
 CONTINUE_FIELD = "grid_dir"
 #: How a grid runs, not what it computes: taken from the invocation that continues a grid.
-EXECUTION_FIELDS = ("workers", "executor", "ray_address", "gpus_per_run", "run_memory_gb")
+EXECUTION_FIELDS = ("workers", "executor", "ray_address", "gpus_per_run", "run_memory_gb",
+                    "analyze_only")
 
 
 @dataclass(frozen=True)
@@ -185,7 +188,14 @@ def run(cfg: CompareConfig, progress: bool = True) -> dict:
                gpus_per_run=cfg.gpus_per_run, run_memory_gb=cfg.run_memory_gb)
     out = Run(Path(cfg.grid_dir)) if cfg.grid_dir else Run.create(cfg.out, "rl_compare", cfg)
     spread = None
-    if cfg.measure_spread:
+    if cfg.analyze_only:  # the finished runs as they are: nothing is trained or measured
+        if out.file("spread.json").is_file():
+            spread = json.loads(out.file("spread.json").read_text())
+        todo = [pt for pt in todo if (out.path / "runs" / pt.folder(cfg) / "summary.json")
+                .is_file()]
+        if not todo:
+            raise ValueError(f"analyze_only: no finished run under {out.path / 'runs'}")
+    elif cfg.measure_spread:
         spread_file = out.file("spread.json")
         if spread_file.is_file():
             spread = json.loads(spread_file.read_text())
@@ -199,7 +209,8 @@ def run(cfg: CompareConfig, progress: bool = True) -> dict:
                 train_config(cfg, pt.normalizer, pt.slice, pt.seed,
                              out.path / "runs" / pt.folder(cfg), pt.optimizer, pt.lr))
             for pt in todo]
-    results = run_jobs(jobs, how, progress, status_file=out.file("progress.json"))
+    results = (run_jobs(jobs, how, progress, status_file=out.file("progress.json"))
+               if not cfg.analyze_only else [_finished(job) for job in jobs])
     failed = [r for r in results if not r.ok]
     if failed:
         raise GridError(
@@ -208,9 +219,29 @@ def run(cfg: CompareConfig, progress: bool = True) -> dict:
             + "\n".join(f"  {r.run_dir}: {r.error} (traceback in error.txt there)" for r in failed))
     points, curves = {}, {}
     for pt, res in zip(todo, results, strict=True):
-        points.setdefault(pt.key, []).append(res.summary)
-        curves[(pt.key, pt.seed)] = read_metrics(res.run_dir)
+        recs = read_metrics(res.run_dir)
+        points.setdefault(pt.key, []).append(
+            {**res.summary, **window_metrics(recs, cfg.primary_window)})
+        curves[(pt.key, pt.seed)] = recs
     return _finish(cfg, out, points, curves, spread)
+
+
+def _finished(job: Job) -> Result:
+    """A finished run's result, read from its folder (``analyze_only``)."""
+    path = Path(job.config.run_dir)
+    return Result(job.key, str(path), json.loads((path / "summary.json").read_text()))
+
+
+def window_metrics(recs: list[dict], window: int) -> dict:
+    """The pre-registered primary metric and the secondary held-out one of a run's records
+    (docs/e6-preregistration.md): ``acc_primary``, the mean training sample accuracy over the
+    last ``window`` steps, and ``eval_mean``, the held-out accuracy averaged over every eval
+    after step 0 (None without one)."""
+    train = [r["acc"] for r in recs if r.get("kind") == "train"][-window:]
+    evals = [r["eval_acc"] for r in recs if r.get("kind") == "eval" and r["step"] > 0
+             and r.get("eval_acc") is not None]
+    return {"acc_primary": float(np.mean(train)) if train else None,
+            "eval_mean": float(np.mean(evals)) if evals else None}
 
 
 def _entry(rs: list[dict]) -> dict:
@@ -219,12 +250,13 @@ def _entry(rs: list[dict]) -> dict:
         vals = [r[key] for r in rs if r.get(key) is not None]
         return float(np.mean(vals)) if vals else None
 
-    keys = ("acc_start", "acc_end", "eval_start", "eval_end", "frac_zero_variance",
+    keys = ("acc_start", "acc_end", "acc_primary", "eval_start", "eval_end", "eval_mean",
+            "frac_zero_variance",
             "time_step_s", "time_generate_s", "time_train_s", "time_forward_s",
             "time_backward_s", "tokens_per_s", "train_time_s")
     return {**{k: mean(k) for k in keys}, "window": summary_window(rs[0]), "n_seeds": len(rs),
-            "seeds": [r["seed"] for r in rs], "acc_end_seeds": [r["acc_end"] for r in rs],
-            "eval_end_seeds": [r.get("eval_end") for r in rs]}
+            "seeds": [r["seed"] for r in rs],
+            **{f"{k}_seeds": [r.get(k) for r in rs] for k in METRICS}}
 
 
 def _finish(cfg: CompareConfig, out: Run, points: dict, curves: dict, spread) -> dict:
@@ -255,6 +287,7 @@ def _finish(cfg: CompareConfig, out: Run, points: dict, curves: dict, spread) ->
         "results": main,
         "points": entries,
         "comparisons": rows,
+        "primary_window": cfg.primary_window,
         "bins": bins,
         "spread": {k: v for k, v in (spread or {}).items() if k != "rates"} or None,
         "environment": environment(),
@@ -303,6 +336,15 @@ PROFILES = {
 }
 
 
+#: Report labels of the compared metrics (the primary one first: docs/e6-preregistration.md).
+METRIC_LABELS = {
+    "acc_primary": "PRIMARY: train sample accuracy, last {window} steps",
+    "acc_end": "train sample accuracy, last window",
+    "eval_end": "held-out greedy accuracy, end",
+    "eval_mean": "held-out greedy accuracy, mean of the evals",
+}
+
+
 def report_rows(s: dict) -> list[list]:
     """Paper-vs-ours rows: every comparison of the summary, with its interval, n and verdict;
     the held-out accuracy as measured context."""
@@ -310,10 +352,10 @@ def report_rows(s: dict) -> list[list]:
     for c in s.get("comparisons", []):
         paper = PAPER.get(c["slice"])
         ref = f"≈{paper['group_std']}% vs {paper['none']}%" if paper else "-"
-        if c["metric"] == "eval_end":
+        if c["metric"].startswith("eval"):
             ref = "(not reported)"
-        label = ("train sample accuracy, last window" if c["metric"] == "acc_end"
-                 else "held-out greedy accuracy, end")
+        label = METRIC_LABELS.get(c["metric"], c["metric"]).format(
+            window=s.get("primary_window", 10))
         ours = (f"{c['mean_a']:.3f} vs {c['mean_b']:.3f}; Std − No-Std {c['text']}"
                 if c["mean_a"] is not None else c["text"])
         rows.append([f"{c['slice'].capitalize()}: {label}, {c['what']}", ref, ours, c["cell"]])

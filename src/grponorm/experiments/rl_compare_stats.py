@@ -28,6 +28,11 @@ EXPECTED = +1
 PAPER_EFFECT = {s: (p["group_std"] - p["none"]) / 100 for s, p in PAPER.items()}
 
 
+#: The metrics compared at the shared LR: the pre-registered primary one (train accuracy over
+#: the last ``primary_window`` steps, docs/e6-preregistration.md) first, then the secondary ones.
+METRICS = ("acc_primary", "acc_end", "eval_end", "eval_mean")
+
+
 def _key(slice_, norm, opt, lr) -> str:
     return f"{slice_}/{norm}/{opt}/lr{lr:g}"
 
@@ -84,7 +89,7 @@ def comparisons(points: dict, slices: list, arms: tuple, shared: tuple,
     opt0, lr0 = shared
     rows = []
     for s in slices:
-        for metric in ("acc_end", "eval_end"):
+        for metric in METRICS:
             xa, xb = _paired(points, _key(s, a, opt0, lr0), _key(s, b, opt0, lr0), metric)
             if xa:
                 rows.append(_row(f"shared LR ({opt0}, {lr0:g})", s, metric, xa, xb,
