@@ -413,7 +413,7 @@ def _figures(out: Run, data: dict, steps, results: dict, every: int | None) -> l
 TITLE = "Curvature proxy (diagonal Fisher) vs reward variance on a language model"
 PAPER_LINE = table1.PAPER_LINE
 PROFILES = {
-    "quick": dict(steps=6, diag_probe=6, diag_every=2, lags=[0, 1, 2]),
+    "quick": dict(steps=6, diag_probe=4, diag_every=2, lags=[0, 1, 2]),
     # 30 measurements (every 2 of 60 steps): enough for an interval that allows for their
     # autocorrelation (table1: effective sample size)
     "cpu": dict(steps=60),

@@ -301,7 +301,7 @@ TITLE = "Orthogonality of prompt representations"
 PAPER_LINE = (f"mean |cos| {PAPER['mean']}, sd {PAPER['sd']}, >{PAPER['frac_below']:.0%} below "
               f"{PAPER['threshold']} ({PAPER['model']})")
 PROFILES = {
-    "quick": dict(n_pairs=150),
+    "quick": dict(n_pairs=100),
     "cpu": {},
     "paper": dict(model="Qwen/Qwen2.5-Math-1.5B"),
 }
