@@ -42,11 +42,12 @@ import json
 import math
 import os
 import platform
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+
+from .files import atomic_write
 
 DTYPE_CHOICES = ("auto", "float32", "bfloat16")
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
@@ -225,16 +226,8 @@ def _write_cache(path: Path, probes: dict) -> None:
     """Write atomically (temporary file + rename); a failure only costs a later re-probe."""
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-hardware-", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"format": CACHE_FORMAT, "probes": probes}, f, indent=2, sort_keys=True)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        atomic_write(path, json.dumps({"format": CACHE_FORMAT, "probes": probes}, indent=2,
+                                      sort_keys=True) + "\n")
 
 
 _MEMO: dict[tuple[str, str], Probe] = {}

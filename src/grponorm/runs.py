@@ -3,7 +3,6 @@ table.md and figures. Shared by every experiment (bandit and language-model alik
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -15,39 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import atomic_open, atomic_write  # noqa: F401  (re-exported: the run folder's writer)
+
 
 class GridError(RuntimeError):
     """Some runs of a grid failed (the others finished); running the grid again retries them.
     Lives here, at the bottom, so that the CLI can catch it without importing the trainer."""
-
-
-@contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "w"):
-    """Open ``path`` for writing so that readers only ever see the old or the whole new file.
-
-    Writes go to ``<path>.tmp``, which is flushed, fsynced and renamed over ``path`` when the
-    block ends; an exception (or a kill) leaves ``path`` untouched and removes the tmp file.
-    ``mode`` is ``"w"`` (text) or ``"wb"`` (bytes). The one atomic writer of the package.
-    """
-    if mode not in ("w", "wb"):
-        raise ValueError(f"atomic_open writes whole files: mode must be 'w' or 'wb'; got {mode!r}")
-    target = Path(path)
-    tmp = target.with_name(target.name + ".tmp")
-    try:
-        with open(tmp, mode) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write(path: str | Path, data: str | bytes) -> Path:
-    """Write ``data`` (text or bytes) to ``path`` atomically (:func:`atomic_open`)."""
-    with atomic_open(path, "wb" if isinstance(data, bytes) else "w") as fh:
-        fh.write(data)
-    return Path(path)
 
 
 def to_jsonable(obj):

@@ -54,12 +54,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from ..files import atomic_open
 
 __all__ = [
     "POOLINGS",
@@ -123,14 +124,8 @@ def embedding_cache_key(
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.stem}-", suffix=".npy", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as fh:
+        np.save(fh, array)
 
 
 def _span_mask(offsets: Sequence[tuple[int, int]], span: tuple[int, int]) -> list[bool]:

@@ -54,6 +54,7 @@ from typing import Any
 import torch
 from trl import GRPOTrainer
 
+from grponorm.files import atomic_write
 from grponorm.normalizers import (
     AdvantageStats,
     NormalizerContext,
@@ -336,10 +337,7 @@ class NormalizedGRPOTrainer(GRPOTrainer):
             "options": self.normalizer_options,
             "state": self.normalizer_state.state_dict(),
         }
-        tmp = os.path.join(folder, STATE_FILE + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(payload, f)
-        os.replace(tmp, os.path.join(folder, STATE_FILE))
+        atomic_write(os.path.join(folder, STATE_FILE), json.dumps(payload))
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
         """TRL's resume, plus the normalizer's state if the checkpoint has one."""

@@ -25,7 +25,7 @@ from types import ModuleType
 
 from ..experiments.grid import check_settings
 from ..experiments.registry import Experiment, by_id, paper_experiments
-from ..runs import environment, to_jsonable
+from ..runs import atomic_write, environment, to_jsonable
 from . import render
 
 PROFILES = ("quick", "cpu", "paper")
@@ -90,9 +90,7 @@ def run_one(exp: Experiment, profile: str, out: Path, progress: bool, force: boo
            "config": dataclasses.asdict(cfg), "wall_time_s": round(time.time() - t0, 1)}
     folder.mkdir(parents=True, exist_ok=True)
     text = json.dumps(to_jsonable(rec), indent=2)
-    tmp = done.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(done)
+    atomic_write(done, text)
     return json.loads(text)  # the same types a later, skipping run will read back
 
 
