@@ -204,6 +204,34 @@ def test_returned_logprobs_equal_the_training_pass(tiny):
     assert torch.all(b.logprobs[m] < 0)
 
 
+
+def test_returned_sum_pi_sq_equals_the_full_distribution(tiny):
+    """sum_v pi_t(v)^2 of each sampled step (verl's score-norm proxy) equals the one of a full
+    forward pass over the sampled rows, and the record's variance proxy is E[A^2 W]."""
+    import numpy as np
+
+    from grponorm.normalizers.gain import score_norm_proxy, variance_proxy
+
+    model, tok, prompts = tiny
+    b = DecodeEngine(model, tok).generate(prompts, 3, max_new_tokens=6, temperature=1.0,
+                                          generator_seed=4)
+    assert b.sum_pi_sq is not None and b.sum_pi_sq.shape == b.completion_mask.shape
+    with torch.no_grad():
+        logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits.float()
+    C = b.completion_ids.shape[1]
+    p = torch.softmax(logits[:, b.prompt_len - 1: b.prompt_len - 1 + C], dim=-1)  # (B, C, V)
+    ref = (p * p).sum(-1)  # (B, C)
+    m = b.completion_mask.bool()
+    torch.testing.assert_close(b.sum_pi_sq[m], ref[m], rtol=1e-4, atol=1e-6)
+    assert torch.all(b.sum_pi_sq[~m] == 0)
+    w = score_norm_proxy(b.logprobs.numpy(), b.sum_pi_sq.numpy(), b.completion_mask.numpy())
+    pi = b.logprobs.exp()
+    by_hand = ((1 - 2 * pi + b.sum_pi_sq) * b.completion_mask).sum(1)  # (B,)
+    np.testing.assert_allclose(w, by_hand.numpy(), rtol=1e-6)
+    adv = np.linspace(-1, 1, w.size)
+    assert variance_proxy(adv, w) == pytest.approx(float(np.mean(adv**2 * w)))
+
+
 @pytest.mark.model
 @pytest.mark.slow
 def test_embedded_model_greedy_matches_generate_in_bf16():

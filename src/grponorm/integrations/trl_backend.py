@@ -82,8 +82,10 @@ __all__ = [
 
 #: Fields of the native ``kind="train"`` record that this backend does not write: TRL logs no
 #: separate policy-gradient loss or mean importance ratio, and has no rollout log-probs to
-#: compare the training pass with (its ``generate`` returns none).
-NATIVE_ONLY_FIELDS = ("pg_loss", "ratio_mean", "logprob_gap", "logprob_gap_max")
+#: compare the training pass with (its ``generate`` returns none) or to build verl's
+#: gradient-variance proxy from.
+NATIVE_ONLY_FIELDS = ("pg_loss", "ratio_mean", "logprob_gap", "logprob_gap_max",
+                      "variance_proxy")
 #: Fields this backend writes that the native one does not: TRL's mean token entropy.
 TRL_ONLY_FIELDS = ("entropy",)
 _NO_CLIP = 1e9  # clip_eps=0 (no clipping): a PPO range that never binds

@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..hardware import available_cores, decide_threads
-from ..normalizers.gain import gains
+from ..normalizers.gain import gains, score_norm_proxy, variance_proxy
 from ..runs import Run, to_jsonable
 from .checkpoint import create_run, open_run, truncate_metrics
 from .config import TrainConfig
@@ -162,7 +162,8 @@ def evaluate(policy: Policy, prompts, problems, labels, cfg: TrainConfig, step: 
 
 def train_record(cfg: TrainConfig, step: int, rewards: torch.Tensor, problem_ids: list[str],
                  labels: dict[str, str], astats, update: dict, tokens: float, lr: float | None,
-                 times: dict, diag: dict | None = None, adv: torch.Tensor | None = None) -> dict:
+                 times: dict, diag: dict | None = None, adv: torch.Tensor | None = None,
+                 batch=None) -> dict:
     """The ``kind="train"`` record of one step, the same schema for every backend.
 
     Args:
@@ -175,10 +176,20 @@ def train_record(cfg: TrainConfig, step: int, rewards: torch.Tensor, problem_ids
         adv: ``(prompts, G)`` advantages trained on: each group's gain over ``none``
             (``normalizers.gain.gains``) is recorded beside its success rate (``group_acc``),
             the curve of ``grponorm normalizers show`` measured on the run.
+        batch: the step's rollout batch; when its engine gave ``logprobs`` and ``sum_pi_sq``
+            (the decode engine), verl's gradient-variance proxy ``E[A^2 W]``
+            (``normalizers.gain.variance_proxy``) is recorded beside ``frac_zero_variance``.
     """
     rec: dict[str, Any] = {"kind": "train", "step": step,
                            **reward_fields(rewards, problem_ids, labels)}
     rec.update({k: v for k, v in astats.as_dict().items() if k != "n_groups"})
+    if adv is not None and batch is not None and batch.sum_pi_sq is not None \
+            and batch.logprobs is not None:
+        m = batch.completion_mask.float().cpu()  # (B, C)
+        w = score_norm_proxy(batch.logprobs.float().cpu().numpy(),
+                             batch.sum_pi_sq.float().cpu().numpy(), m.numpy())  # (B,)
+        rec["variance_proxy"] = variance_proxy(adv.detach().float().cpu().numpy().reshape(-1),
+                                               w, valid=m.sum(dim=1).numpy() > 0)
     rec.update(update)
     rec["completion_len_mean"] = tokens / rewards.numel()
     rec["lr"] = lr

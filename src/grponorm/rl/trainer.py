@@ -116,7 +116,8 @@ def train_step(loop: Loop, step: int) -> dict:
     times = dict(time_generate=t_gen, time_train=t_train,
                  time_other=max(0.0, t_step - t_gen - t_train - t_diag), time_step=t_step)
     rec = train_record(cfg, step, rewards, [p.id for p in problems], loop.labels, astats, tr,
-                       tr["tokens"], loop.optimizer.param_groups[0]["lr"], times, diag, adv)
+                       tr["tokens"], loop.optimizer.param_groups[0]["lr"], times, diag, adv,
+                       batch)
     return rec
 
 

@@ -63,6 +63,8 @@ class RolloutBatch:
             tokens under the policy at temperature 1 with no top-p (what the loss's
             ``token_logprobs`` computes), 0 after the first eos; None when the engine does not
             provide them.
+        sum_pi_sq: optional ``(B, C)`` ``sum_v pi_t(v)^2`` of the same distributions (for
+            verl's gradient-variance proxy), 0 after the first eos; None when not provided.
     """
 
     input_ids: torch.Tensor
@@ -73,6 +75,7 @@ class RolloutBatch:
     group: torch.Tensor
     G: int
     logprobs: torch.Tensor | None = None
+    sum_pi_sq: torch.Tensor | None = None
 
     @property
     def completion_ids(self) -> torch.Tensor:
@@ -188,6 +191,7 @@ def build_batch(
     completion: torch.Tensor,
     G: int,
     logprobs: torch.Tensor | None = None,
+    sum_pi_sq: torch.Tensor | None = None,
 ) -> RolloutBatch:
     """Assemble a :class:`RolloutBatch` from ``(n, P)`` prompts and ``(n*G, C)`` completions.
 
@@ -198,6 +202,8 @@ def build_batch(
     completion = completion.masked_fill(cmask == 0, tokenizer.pad_token_id)
     if logprobs is not None:
         logprobs = logprobs * cmask
+    if sum_pi_sq is not None:
+        sum_pi_sq = sum_pi_sq * cmask
     lengths = cmask.sum(dim=1).long()
     texts = []
     for row, n in zip(completion.tolist(), lengths.tolist(), strict=True):
@@ -215,4 +221,5 @@ def build_batch(
         group=torch.arange(ids.shape[0], device=ids.device).repeat_interleave(G),
         G=int(G),
         logprobs=logprobs,
+        sum_pi_sq=sum_pi_sq,
     )

@@ -77,10 +77,14 @@ def sample_tokens(
     return order.gather(1, j.unsqueeze(1)).squeeze(1)
 
 
-def _token_logprob(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """``(b,)`` float32 ``log softmax(logits)[tokens]`` at temperature 1."""
+def _token_logprob(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(b,)`` float32 ``log softmax(logits)[tokens]`` at temperature 1, and ``(b,)``
+    ``sum_v softmax(logits)_v^2`` (the term of verl's score-norm proxy that needs the whole
+    distribution; ``normalizers.gain.score_norm_proxy``)."""
     z = logits.float()
-    return z.gather(1, tokens.unsqueeze(1)).squeeze(1) - torch.logsumexp(z, dim=-1)
+    lse = torch.logsumexp(z, dim=-1, keepdim=True)  # (b, 1)
+    sum_sq = torch.exp(2 * (z - lse)).sum(dim=-1)  # (b,)
+    return z.gather(1, tokens.unsqueeze(1)).squeeze(1) - lse.squeeze(1), sum_sq
 
 
 class DecodeEngine:
@@ -133,13 +137,15 @@ class DecodeEngine:
         ids, mask = tokenize_prompts(self.tokenizer, prompts, self.model)  # (n, P)
         attention = use_gqa_attention(self.model) if self.gqa_attention else nullcontext()
         with eval_mode(self.model), torch.no_grad(), attention:
-            tokens, logps = self._decode(
+            tokens, logps, sum_sq = self._decode(
                 ids, mask, G, max_new_tokens, temperature, top_p, generator_seed
             )
-        return build_batch(self.tokenizer, self.eos_ids, ids, mask, tokens, G, logprobs=logps)
+        return build_batch(self.tokenizer, self.eos_ids, ids, mask, tokens, G, logprobs=logps,
+                           sum_pi_sq=sum_sq)
 
     def _decode(self, ids, mask, G, max_new_tokens, temperature, top_p, seed):
-        """The decode loop: ``(n*G, C)`` sampled tokens and their float32 log-probs."""
+        """The decode loop: ``(n*G, C)`` sampled tokens, their float32 log-probs and the
+        ``sum_v pi(v)^2`` of each step's distribution."""
         model, device = self.model, ids.device
         n = ids.shape[0]
         B = n * G
@@ -154,13 +160,14 @@ class DecodeEngine:
         rows = torch.arange(B, device=device)  # (b,) original row of each running row
         tokens = torch.full((B, max_new_tokens), self.tokenizer.pad_token_id, device=device)
         logps = torch.zeros(B, max_new_tokens, device=device)
+        sum_sq = torch.zeros(B, max_new_tokens, device=device)
         done = torch.zeros(B, dtype=torch.bool, device=device)  # (B,) emitted an eos
         used = 0
         for t in range(max_new_tokens):
             u = torch.rand(B, generator=gen, device=device)[rows]  # (b,) every row draws
             tok = sample_tokens(logits, u, temperature, top_p)  # (b,)
             tokens[rows, t] = tok
-            logps[rows, t] = _token_logprob(logits, tok)
+            logps[rows, t], sum_sq[rows, t] = _token_logprob(logits, tok)
             used = t + 1
             done[rows] |= torch.isin(tok, eos)
             running = ~done[rows]  # (b,)
@@ -181,4 +188,4 @@ class DecodeEngine:
                 logits_to_keep=1,
                 **{key: cache},
             ).logits[:, -1]  # (b, V)
-        return tokens[:, :used], logps[:, :used]
+        return tokens[:, :used], logps[:, :used], sum_sq[:, :used]
