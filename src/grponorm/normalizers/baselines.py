@@ -15,11 +15,12 @@ import numpy as np
 
 from .ops import (
     Array,
+    as_like,
+    as_numpy,
     center,
     check_ddof,
     check_nonneg,
     group_size,
-    is_torch,
     mean,
     safe_div,
     std,
@@ -37,18 +38,6 @@ def _token_weighted(options: Mapping[str, Any]) -> bool:
 
 def _lengths_if_weighted(options: Mapping[str, Any]) -> tuple[str, ...]:
     return ("lengths",) if _token_weighted(options) else ()
-
-
-def _as_numpy(x: Any) -> np.ndarray:
-    return x.detach().double().cpu().numpy() if is_torch(x) else np.asarray(x, dtype=np.float64)
-
-
-def _like(values: np.ndarray, x: Any) -> Any:
-    if is_torch(x):
-        import torch
-
-        return torch.as_tensor(values, dtype=x.dtype, device=x.device)
-    return values
 
 
 def _group_means(s: np.ndarray, inverse: np.ndarray, n_groups: int) -> np.ndarray:
@@ -105,7 +94,7 @@ def loo_std(rewards: Array, *, ddof: int = 1, eps: float = 1e-6) -> Array:
     g = group_size(rewards)
     if g < 2:
         return center(rewards, axis=1)  # (n_groups, 1), zeros
-    r = _as_numpy(rewards)  # (n_groups, G)
+    r = as_numpy(rewards)  # (n_groups, G)
     others = ~np.eye(g, dtype=bool)[None, :, :]  # (1, G, G): [., g, h] is h != g
     vals = np.broadcast_to(r[:, None, :], (r.shape[0], g, g))  # (n_groups, G, G)
     m = np.where(others, vals, 0.0).sum(-1, keepdims=True) / (g - 1)  # (n_groups, G, 1)
@@ -117,10 +106,10 @@ def loo_std(rewards: Array, *, ddof: int = 1, eps: float = 1e-6) -> Array:
     diff = r - m[..., 0]  # (n_groups, G), r_g - m_{-g}
     dof = g - 1 - ddof
     if dof <= 0:
-        return _like(diff, rewards)  # the others' std is 0 everywhere: unscaled
+        return as_like(diff, rewards)  # the others' std is 0 everywhere: unscaled
     s = np.sqrt((d * d).sum(-1) / dof)  # (n_groups, G)
     s = np.where(hi > lo, s, 0.0)  # others all equal: exactly 0
-    return _like(diff / np.where(s > 0, s + eps, 1.0), rewards)  # (n_groups, G)
+    return as_like(diff / np.where(s > 0, s + eps, 1.0), rewards)  # (n_groups, G)
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,11 +119,11 @@ def loo_std(rewards: Array, *, ddof: int = 1, eps: float = 1e-6) -> Array:
 
 def _ragged_reinforce_pp(scores, inverse, n_groups, *, eps=1e-8, token_weighted=False,
                          lengths=None):
-    s = _as_numpy(scores)  # (bs,)
+    s = as_numpy(scores)  # (bs,)
     counts = np.bincount(inverse, minlength=n_groups)[inverse]  # (bs,)
     c = np.where(counts > 1, s - _group_means(s, inverse, n_groups), 0.0)  # (bs,)
-    w = _as_numpy(lengths) if token_weighted else None
-    return _like(whiten(c, w, eps=eps), scores)  # (bs,)
+    w = as_numpy(lengths) if token_weighted else None
+    return as_like(whiten(c, w, eps=eps), scores)  # (bs,)
 
 
 @register_normalizer(
@@ -179,8 +168,8 @@ def reinforce_pp_baseline(
 
 
 def _ragged_batch_zscore(scores, inverse, n_groups, *, ddof=1, eps=1e-6):
-    x = _as_numpy(scores)[None, :]  # (1, bs)
-    return _like(batch_zscore(x, ddof=ddof, eps=eps)[0], scores)  # (bs,)
+    x = as_numpy(scores)[None, :]  # (1, bs)
+    return as_like(batch_zscore(x, ddof=ddof, eps=eps)[0], scores)  # (bs,)
 
 
 @register_normalizer(

@@ -41,6 +41,21 @@ def is_torch(x: Any) -> bool:
     return torch is not None and isinstance(x, torch.Tensor)
 
 
+def as_numpy(x: Any) -> np.ndarray:
+    """``x`` as a float64 NumPy array (a tensor is detached and copied to the CPU): for
+    normalizers whose arithmetic (a Kalman filter, a running moment) is written in NumPy."""
+    return x.detach().double().cpu().numpy() if is_torch(x) else np.asarray(x, dtype=np.float64)
+
+
+def as_like(values: np.ndarray, x: Any) -> Any:
+    """``values`` in ``x``'s array type: a tensor of ``x``'s dtype and device, or as is."""
+    if is_torch(x):
+        import torch
+
+        return torch.as_tensor(values, dtype=x.dtype, device=x.device)
+    return values
+
+
 def mean(x: Array, axis: int | None = None) -> Array:
     """Mean over ``axis`` (all entries if None), keeping dims so the result broadcasts."""
     if _is_torch(x):

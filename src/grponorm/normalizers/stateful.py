@@ -14,22 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from .ops import Array, check_nonneg, check_positive, is_torch
+from .ops import Array, as_like, as_numpy, check_nonneg, check_positive
 from .registry import register_normalizer
 
 __all__ = ["KalmanState", "RunningMoments"]
-
-
-def _as_numpy(x: Any) -> np.ndarray:
-    return x.detach().double().cpu().numpy() if is_torch(x) else np.asarray(x, dtype=np.float64)
-
-
-def _like(values: np.ndarray, x: Any) -> Any:
-    if is_torch(x):
-        import torch
-
-        return torch.as_tensor(values, dtype=x.dtype, device=x.device)
-    return values
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,7 +107,7 @@ def krpo(
     """
     _check_krpo(dict(process_var=process_var, meas_var=meas_var, init_var=init_var, eps=eps,
                      init_mean=init_mean))
-    r = _as_numpy(rewards)  # (n_groups, G)
+    r = as_numpy(rewards)  # (n_groups, G)
     adv = np.empty_like(r)
     for i in range(r.shape[0]):
         key = prompt_ids[i] if persist else None
@@ -132,7 +120,7 @@ def krpo(
             adv[i, j] = (r[i, j] - x) / (math.sqrt(p) + eps)
         if persist:
             state.filters[key] = (float(x), float(p))
-    return _like(adv, rewards)
+    return as_like(adv, rewards)
 
 
 # --------------------------------------------------------------------------------------------
@@ -200,7 +188,7 @@ def _running(s: np.ndarray, inverse: np.ndarray | None, n_groups: int, mean: str
 
 
 def _ragged_running(scores, inverse, n_groups, *, mean="running", ddof=1, eps=1e-6, state=None):
-    return _like(_running(_as_numpy(scores), inverse, n_groups, mean, ddof, eps, state), scores)
+    return as_like(_running(as_numpy(scores), inverse, n_groups, mean, ddof, eps, state), scores)
 
 
 @register_normalizer(
@@ -246,8 +234,8 @@ def running_std(
         ``(n_groups, G)`` advantages.
     """
     _check_running(dict(mean=mean, ddof=ddof, eps=eps))
-    r = _as_numpy(rewards)  # (n_groups, G)
+    r = as_numpy(rewards)  # (n_groups, G)
     n_groups, g = r.shape
     inverse = np.repeat(np.arange(n_groups), g)  # (n_groups * G,)
     adv = _running(r.reshape(-1), inverse, n_groups, mean, ddof, eps, state)
-    return _like(adv.reshape(n_groups, g), rewards)
+    return as_like(adv.reshape(n_groups, g), rewards)

@@ -64,6 +64,20 @@ class CorrelationResult:
         return self.describe()
 
 
+def check_correlation(r, n) -> tuple[float, int]:
+    """``(r, n)`` as a float in [-1, 1] and a positive int.
+
+    Raises:
+        ValueError: If ``r`` is not in [-1, 1] (NaN included) or ``n`` not a positive integer.
+    """
+    r = float(r)
+    if not -1.0 <= r <= 1.0:  # also rejects NaN
+        raise ValueError(f"r must be in [-1, 1]; got {r!r}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a positive integer; got {n!r}")
+    return r, int(n)
+
+
 def correlation_interval(r: float, n: int, confidence: float = 0.95) -> CorrelationResult:
     """Fisher-z interval for a Pearson correlation ``r`` computed from ``n`` pairs.
 
@@ -76,12 +90,7 @@ def correlation_interval(r: float, n: int, confidence: float = 0.95) -> Correlat
         ValueError: If ``r`` is not in [-1, 1] or ``n`` is not a positive integer.
     """
     _check_confidence(confidence)
-    r = float(r)
-    if not -1.0 <= r <= 1.0:  # also rejects NaN
-        raise ValueError(f"r must be in [-1, 1]; got {r!r}")
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be a positive integer; got {n!r}")
-    n = int(n)
+    r, n = check_correlation(r, n)
     if n <= 2:
         p = math.nan
     elif abs(r) == 1.0:

@@ -44,6 +44,7 @@ import numpy as np
 from scipy import stats as sps
 
 from .common import _as_seeds, _check_confidence, _fmt, _sign
+from .correlation import check_correlation
 
 #: The three readings, in the order reproduced, smaller than the paper's, inconclusive.
 READINGS = ("reproduced", "smaller than the paper's", "inconclusive")
@@ -190,6 +191,18 @@ def _too_few(n: int, n_eff: float, unit: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def _reading(est: float, low: float, high: float, largest: float, n: int, ne: float,
+             paper: float, confidence: float, unit: str, prefix: str, what: str) -> EffectReading:
+    """The :class:`EffectReading` of a mean and its bounds (any scale already applied)."""
+    reading = _classify(low, high, largest, paper)
+    if math.isnan(low):
+        desc = f"{prefix}{_fmt(est)}, {_n_text(n, ne)}: inconclusive ({_too_few(n, ne, unit)})"
+    else:
+        head = f"{prefix}{_fmt(est)} [{_fmt(low)}, {_fmt(high)}], {_n_text(n, ne)}"
+        desc = _describe(head, reading, largest, paper, low, high, what)
+    return EffectReading(est, low, high, n, paper, largest, reading, confidence, desc, ne)
+
+
 def effect_reading(
     d: Sequence[float] | np.ndarray,
     paper_effect: float,
@@ -227,13 +240,7 @@ def effect_reading(
     _sign(paper)
     values = _as_seeds(d, "d")
     mean, low, high, largest, n, ne = _mean_reading(values, paper, confidence, n_eff)
-    reading = _classify(low, high, largest, paper)
-    if math.isnan(low):
-        desc = f"{_fmt(mean)}, {_n_text(n, ne)}: inconclusive ({_too_few(n, ne, unit)})"
-    else:
-        head = f"{_fmt(mean)} [{_fmt(low)}, {_fmt(high)}], {_n_text(n, ne)}"
-        desc = _describe(head, reading, largest, paper, low, high, "effects")
-    return EffectReading(mean, low, high, n, paper, largest, reading, confidence, desc, ne)
+    return _reading(mean, low, high, largest, n, ne, paper, confidence, unit, "", "effects")
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,12 +273,7 @@ def correlation_reading(
     """
     confidence = _check_confidence(confidence)
     paper = _check_paper_r(paper_r)
-    r = float(r)
-    if not -1.0 <= r <= 1.0:  # also rejects NaN
-        raise ValueError(f"r must be in [-1, 1]; got {r!r}")
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be a positive integer; got {n!r}")
-    n = int(n)
+    r, n = check_correlation(r, n)
     if n <= 3:
         desc = f"r={_fmt(r)}, n={n}: inconclusive (n <= 3: no Fisher-z interval)"
         nan = math.nan
@@ -320,10 +322,5 @@ def mean_correlation_reading(
     mean, low, high, largest, n, ne = _mean_reading(z, math.atanh(paper), confidence, n_eff)
     est = math.tanh(mean)
     low, high, largest = (math.tanh(v) if not math.isnan(v) else v for v in (low, high, largest))
-    reading = _classify(low, high, largest, paper)
-    if math.isnan(low):
-        desc = f"r={_fmt(est)}, {_n_text(n, ne)}: inconclusive ({_too_few(n, ne, unit)})"
-    else:
-        head = f"r={_fmt(est)} [{_fmt(low)}, {_fmt(high)}], {_n_text(n, ne)}"
-        desc = _describe(head, reading, largest, paper, low, high, "correlations")
-    return EffectReading(est, low, high, n, paper, largest, reading, confidence, desc, ne)
+    return _reading(est, low, high, largest, n, ne, paper, confidence, unit, "r=",
+                    "correlations")
