@@ -348,3 +348,23 @@ def test_report_renders_in_headless_chromium(report, tmp_path, chromium):
     assert img.shape[:2] == (2400, 1200)
     # the page is laid out: text and figures cover a real share of the screenshot
     assert (img[..., :3].mean(axis=-1) < 0.9).mean() > 0.02
+
+
+def test_report_rebuilt_from_committed_results(tmp_path):
+    """``reproduce --from-results``: the rows come from the committed summary, nothing runs;
+    an experiment missing from the results is shown as not run."""
+    from grponorm.experiments import bandit_sampled
+    from grponorm.report.reproduce import RESULTS, rebuild
+
+    cfg = bandit_sampled.SampledConfig(n=6, K=4, T=5, seeds=2, normalizers=["group_std", "none"],
+                                       lrs=[1.0], out=str(tmp_path / "runs"))
+    summary = bandit_sampled.run(cfg, progress=False)
+    folder = tmp_path / "results" / RESULTS["E3"]
+    shutil.copytree(summary["run_dir"], folder)
+    html_path = rebuild(tmp_path / "results", progress=False)
+    md = html_path.with_suffix(".md").read_text()
+    expected = bandit_sampled.report_rows(summary)
+    assert expected and all(row[2] in md for row in expected)  # E3's numbers, as summarized
+    assert "E6: " in md and "not run: " in md  # E5, E6 are not in these results
+    assert (folder / "summary.json").read_text() == (
+        Path(summary["run_dir"]) / "summary.json").read_text()  # read, not rewritten

@@ -100,6 +100,8 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     rp.add_argument("--executor", choices=["local", "ray"], default="local",
                     help="where E6's runs go: local worker processes or a Ray cluster")
     rp.add_argument("--ray-address", default="", help="Ray cluster address (\"\" = a local one)")
+    rp.add_argument("--from-results", default="", metavar="DIR",
+                    help="train nothing: rebuild the report from committed results (results/)")
     rp.set_defaults(_target="reproduce")
     return parser
 
@@ -128,13 +130,17 @@ def main(argv=None) -> int:
     if getattr(args, "no_progress", False) and args.group != "bandit":
         _quiet_transformers()
     if args._target == "reproduce":
-        from .report.reproduce import reproduce
+        from .report.reproduce import rebuild, reproduce
 
         try:
+            if args.from_results:
+                path = rebuild(args.from_results, None, not args.no_progress)
+                print(f"report: {path}\n        {path.with_suffix('.md')}")
+                return 0
             path = reproduce(args.profile, args.only, args.out, not args.no_progress, args.force,
                              workers=args.workers, executor=args.executor,
                              ray_address=args.ray_address)
-        except (ValueError, GridError) as exc:
+        except (ValueError, GridError, FileNotFoundError) as exc:
             print(f"grponorm: error: {exc}", file=sys.stderr)
             return 2
         print(f"report: {path}\n        {path.with_suffix('.md')}")

@@ -132,3 +132,48 @@ def reproduce(profile: str = "quick", only: list[str] | None = None, out: str | 
             "environment": environment(), "wall_time_s": round(time.time() - t0, 1),
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     return render.write_report(root, sections, records, meta)
+
+
+#: The committed results a report is rebuilt from (``results/``): paper id -> folder. E6 is
+#: re-analysed from its per-run summaries and metrics (``rl compare --analyze-only``: nothing is
+#: trained); the others' summaries are read as they were written.
+RESULTS = {"E3": "e3-cpu", "E5": "e5-cpu", "E6": "e6-cpu/confirm"}
+
+
+def rebuild(results: str | Path = "results", out: str | Path | None = None,
+            progress: bool = True) -> Path:
+    """report.html / report.md from the committed results, without training anything.
+
+    Args:
+        results: the folder of :data:`RESULTS` (the repository's ``results/``).
+        out: where the report goes (default ``<results>/report``).
+    """
+    root = Path(results)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no results folder at {root}")
+    out = Path(out) if out else root / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    sections, records = [], []
+    for eid, name in RESULTS.items():
+        exp = by_id(eid)
+        mod, cls = exp.load()
+        folder = root / name
+        sections.append(section(exp, mod))
+        if not (folder / "config.json").is_file():
+            records.append({"eid": eid, "status": "not in the results",
+                            "reason": f"{folder / 'config.json'} not found"})
+            continue
+        if eid == "E6":
+            summary = mod.run(cls(grid_dir=str(folder), analyze_only=True), progress=progress)
+        else:
+            summary = json.loads((folder / "summary.json").read_text())
+        summary = {**summary, "run_dir": str(folder),  # figures that were committed only
+                   "figures": [f for f in summary.get("figures", []) if (folder / f).is_file()]}
+        records.append({"eid": eid, "status": "done", "profile": "cpu", "summary": summary,
+                        "config": json.loads((folder / "config.json").read_text())["config"],
+                        "wall_time_s": summary.get("wall_time_s")})
+    meta = {"profile": "cpu, rebuilt from committed results",
+            "command": "grponorm " + " ".join(sys.argv[1:]), "environment": environment(),
+            "wall_time_s": round(time.time() - t0, 1), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    return render.write_report(out, sections, records, meta)
