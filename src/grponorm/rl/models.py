@@ -30,15 +30,13 @@ set to the eos token when the tokenizer has none. For SmolLM2 the pad token *is*
 
 Reference model. With LoRA, the base model is the policy with its adapters switched off:
 ``with reference_context(model): ...`` (peft's ``model.disable_adapter()``). With full
-fine-tuning there are no adapters to switch off; ``reference_context`` is then a no-op and the
-trainer must keep a frozen copy made before training (``frozen_copy(model)``) if it needs a
-reference (KL term).
+fine-tuning there are no adapters to switch off and ``reference_context`` is a no-op, which is
+why a KL term needs LoRA (``TrainConfig.validate`` refuses ``kl_coef > 0`` with ``lora_r == 0``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import importlib.util
 import json
@@ -375,8 +373,8 @@ def apply_lora(model, cfg: ModelConfig):
 
     LoRA goes through peft (``LoraConfig`` + ``get_peft_model``, task type CAUSAL_LM); the base
     weights are frozen and only the adapters on ``cfg.lora_targets`` train. With
-    ``lora_r == 0`` every parameter is made trainable and the model is returned as is; keep a
-    ``frozen_copy`` first if a reference model is needed. Gradient checkpointing (non-reentrant)
+    ``lora_r == 0`` every parameter is made trainable and the model is returned as is (no
+    reference model then: a KL term needs LoRA). Gradient checkpointing (non-reentrant)
     is switched on here when ``cfg.gradient_checkpointing`` is set.
     """
     if cfg.gradient_checkpointing:
@@ -429,22 +427,12 @@ def reference_context(model) -> contextlib.AbstractContextManager:
 
     For a peft model this is ``model.disable_adapter()``: inside ``with`` the adapters are off
     and the outputs are the base model's. For a model without adapters (full fine-tuning) it is
-    a ``nullcontext``: the model is then its own, *trained*, reference, so a trainer that needs
-    the base policy (KL to the reference) must keep ``frozen_copy(model)`` from before training
-    and run that instead.
+    a ``nullcontext``: the model is then its own, *trained*, reference, which is why the trainer
+    refuses a KL term without LoRA.
     """
     if has_adapters(model):
         return model.disable_adapter()
     return contextlib.nullcontext()
-
-
-def frozen_copy(model):
-    """A deep copy of ``model`` in eval mode with every parameter frozen (a reference model)."""
-    ref = copy.deepcopy(model)
-    ref.eval()
-    for p in ref.parameters():
-        p.requires_grad_(False)
-    return ref
 
 
 # --------------------------------------------------------------------------- prompts
