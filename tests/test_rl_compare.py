@@ -210,3 +210,21 @@ def test_report_rows_show_each_comparisons_numbers_and_verdict():
     assert row[3] == c["cell"] and row[3].startswith("reproduced; effects up to +0.2")
     assert bin_["verdict"] is Verdict.CONTRADICTED and bin_row[3] == "Std behind here"
     assert bin_row[0] == "Hard: base pass rate [0.25, 0.50] (12 prompt-steps)"
+
+
+def test_a_continued_grid_takes_more_seeds_only(tmp_path):
+    """--grid-dir with a superset of the saved seeds extends the grid (saved for the next
+    continuation); any other --seeds (e.g. the default) leaves the saved ones."""
+    from grponorm.runs import Run
+
+    saved = rl_compare.CompareConfig(seeds=[8, 9], steps=3, out=str(tmp_path))
+    run = Run.create(tmp_path, "rl_compare", saved)
+    same = rl_compare._settings(rl_compare.CompareConfig(grid_dir=str(run.path)))
+    assert same.seeds == [8, 9] and same.steps == 3
+    more = rl_compare._settings(rl_compare.CompareConfig(grid_dir=str(run.path),
+                                                         seeds=[8, 9, 10, 11]))
+    assert more.seeds == [8, 9, 10, 11] and more.steps == 3  # the rest stays as saved
+    again = rl_compare._settings(rl_compare.CompareConfig(grid_dir=str(run.path)))
+    assert again.seeds == [8, 9, 10, 11]
+    other = rl_compare._settings(rl_compare.CompareConfig(grid_dir=str(run.path), seeds=[0]))
+    assert other.seeds == [8, 9, 10, 11]

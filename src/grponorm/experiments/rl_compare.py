@@ -61,7 +61,7 @@ class CompareConfig(TrainConfig):
     spread_levels: list = field(default_factory=list)  # candidate levels to histogram as well
     steps: int = 25  # training steps per run
     checkpoint_every: int = 5  # checkpoint every N steps of each run
-    grid_dir: str = ""  # compare folder to continue (finished runs are skipped)
+    grid_dir: str = ""  # compare folder to continue (finished runs skipped; more --seeds extend it)
     workers: int = 0  # runs at once (0 = auto from cores and GPUs)
     executor: str = "local"  # local (worker processes) or ray
     ray_address: str = ""  # Ray cluster address ("" = start a local one)
@@ -168,7 +168,12 @@ def _settings(cfg: CompareConfig) -> CompareConfig:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"cannot continue: {path / 'config.json'} not found")
     saved = load_saved_config(path, CompareConfig)
-    return dataclasses.replace(saved, resume="", grid_dir=str(path),
+    seeds = list(saved.seeds)
+    if set(saved.seeds) < set(cfg.seeds):  # more seeds of the same grid: extend it, in order
+        seeds += [s for s in cfg.seeds if s not in saved.seeds]
+        extended = dataclasses.replace(saved, seeds=seeds)
+        Run(path).write_json("config.json", {"config": extended, "environment": environment()})
+    return dataclasses.replace(saved, resume="", grid_dir=str(path), seeds=seeds,
                                **{k: getattr(cfg, k) for k in EXECUTION_FIELDS})
 
 
