@@ -66,8 +66,11 @@ def test_compare_grid_figure_table_and_resume(tiny_policy_dir, tmp_path, monkeyp
     primary = [r for r in again["comparisons"] if r["metric"] == "acc_primary"]
     assert [r["slice"] for r in primary] == ["easy"]  # hard lost its pair
     recs = read_metrics(out / "runs" / "easy-none-s0")
-    assert again["points"]["easy/none/adamw/lr0.005"]["acc_primary"] == pytest.approx(
-        np.mean([r["acc"] for r in recs][-10:]))
+    point = again["points"]["easy/none/adamw/lr0.005"]
+    assert point["acc_primary"] == pytest.approx(np.mean([r["acc"] for r in recs][-10:]))
+    evals = [r["eval_acc"] for r in read_metrics(out / "runs" / "easy-none-s0", "eval")
+             if r["step"] > 0]
+    assert evals and point["eval_mean"] == pytest.approx(np.mean(evals))
 
 
 def test_window_metrics():

@@ -224,10 +224,10 @@ def run(cfg: CompareConfig, progress: bool = True) -> dict:
             + "\n".join(f"  {r.run_dir}: {r.error} (traceback in error.txt there)" for r in failed))
     points, curves = {}, {}
     for pt, res in zip(todo, results, strict=True):
-        recs = read_metrics(res.run_dir)
+        recs = read_metrics(res.run_dir, None)  # train and eval records
         points.setdefault(pt.key, []).append(
             {**res.summary, **window_metrics(recs, cfg.primary_window)})
-        curves[(pt.key, pt.seed)] = recs
+        curves[(pt.key, pt.seed)] = [r for r in recs if r.get("kind") == "train"]
     return _finish(cfg, out, points, curves, spread)
 
 
