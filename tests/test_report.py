@@ -361,7 +361,7 @@ def test_report_rebuilt_from_committed_results(tmp_path):
     summary = bandit_sampled.run(cfg, progress=False)
     folder = tmp_path / "results" / RESULTS["E3"]
     shutil.copytree(summary["run_dir"], folder)
-    html_path = rebuild(tmp_path / "results", progress=False)
+    html_path = rebuild(tmp_path / "results", tmp_path / "report", progress=False)
     md = html_path.with_suffix(".md").read_text()
     expected = bandit_sampled.report_rows(summary)
     assert expected and all(row[2] in md for row in expected)  # E3's numbers, as summarized

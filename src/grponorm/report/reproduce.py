@@ -146,12 +146,12 @@ def rebuild(results: str | Path = "results", out: str | Path | None = None,
 
     Args:
         results: the folder of :data:`RESULTS` (the repository's ``results/``).
-        out: where the report goes (default ``<results>/report``).
+        out: where the report goes (default ``runs/reproduce-results``).
     """
     root = Path(results)
     if not root.is_dir():
         raise FileNotFoundError(f"no results folder at {root}")
-    out = Path(out) if out else root / "report"
+    out = Path(out) if out else Path("runs") / "reproduce-results"
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     sections, records = [], []
@@ -173,7 +173,7 @@ def rebuild(results: str | Path = "results", out: str | Path | None = None,
         records.append({"eid": eid, "status": "done", "profile": "cpu", "summary": summary,
                         "config": json.loads((folder / "config.json").read_text())["config"],
                         "wall_time_s": summary.get("wall_time_s")})
-    meta = {"profile": "cpu, rebuilt from committed results",
+    meta = {"profile": "cpu",
             "command": "grponorm " + " ".join(sys.argv[1:]), "environment": environment(),
             "wall_time_s": round(time.time() - t0, 1), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     return render.write_report(out, sections, records, meta)
