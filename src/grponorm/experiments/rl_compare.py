@@ -32,6 +32,7 @@ import numpy as np
 from scipy import stats as sps
 
 from .. import plotting
+from ..rl.choices import DIFFICULTIES, SLICES
 from ..rl.config import TrainConfig, load_saved_config
 from ..rl.problems import build_problems
 from ..rl.summary import read_metrics, summary_cells, summary_window
@@ -48,7 +49,7 @@ class CompareConfig(TrainConfig):
 
     HIDDEN: ClassVar[tuple[str, ...]] = ("normalizer", "slice", "seed", "run_dir", "resume")
     normalizers: list = field(default_factory=lambda: ["group_std", "none"])  # compared (Std 1st)
-    slices: list = field(default_factory=lambda: ["easy", "hard"])  # difficulty slices (panels)
+    slices: list = field(default_factory=lambda: list(DIFFICULTIES))  # slices compared (panels)
     seeds: list = field(default_factory=lambda: [0])  # training seeds (same for every run)
     lrs: list[float] = field(default_factory=list)  # AdamW learning-rate sweep on sweep_slices
     sgd_lrs: list[float] = field(default_factory=list)  # plain-SGD LRs on sweep_slices (optimizers)
@@ -182,9 +183,9 @@ def run(cfg: CompareConfig, progress: bool = True) -> dict:
     cfg = _settings(cfg)
     if not cfg.normalizers or not cfg.slices or not cfg.seeds:
         raise ValueError("normalizers, slices and seeds must each name at least one value")
-    bad = [s for s in [*cfg.slices, *cfg.sweep_slices] if s not in ("easy", "hard", "all")]
+    bad = [s for s in [*cfg.slices, *cfg.sweep_slices] if s not in SLICES]
     if bad:
-        raise ValueError(f"slices must be easy, hard or all; got {bad}")
+        raise ValueError(f"slices must be one of {', '.join(SLICES)}; got {bad}")
     for norm in cfg.normalizers:  # fail fast, before any training
         train_config(cfg, norm, cfg.slices[0], cfg.seeds[0], Path(".")).validate()
     todo = grid(cfg)

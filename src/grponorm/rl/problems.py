@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from ..runs import atomic_write
 from . import data as rl_data
+from .choices import DIFFICULTIES
 from .config import TrainConfig
 from .judge import judge_difficulty, split_by_verdict
 from .models import resolved_dtype
@@ -238,6 +239,6 @@ def select_problems(cfg: TrainConfig, train_pool: list, held: list, policy: Poli
         held = [p for p in held if labels[p.id] == cfg.slice]
         if not train_pool:
             raise ValueError(f"the {cfg.slice!r} slice of the training pool is empty")
-    names = ("easy", "hard", "unjudged") if cfg.slice_by == "judge" else ("easy", "hard")
+    names = (*DIFFICULTIES, "unjudged") if cfg.slice_by == "judge" else DIFFICULTIES
     sizes = {s: sum(labels[p.id] == s for p in train_pool) for s in names}
     return train_pool, held, labels, sizes

@@ -30,6 +30,7 @@ from ..hardware import available_cores, decide_threads
 from ..normalizers.gain import gains, score_norm_proxy, variance_proxy
 from ..runs import Run, to_jsonable
 from .checkpoint import create_run, open_run, truncate_metrics
+from .choices import DIFFICULTIES
 from .config import TrainConfig
 from .models import resolved_dtype
 from .policy import Policy, load_policy
@@ -152,7 +153,7 @@ def evaluate(policy: Policy, prompts, problems, labels, cfg: TrainConfig, step: 
         )
     r = batch_rewards(batch.texts, [p.answer for p in problems])
     rec = {"kind": "eval", "step": step, "eval_acc": _mean(r), "eval_n": len(r)}
-    for name in ("easy", "hard"):
+    for name in DIFFICULTIES:
         rec[f"eval_acc_{name}"] = _mean(
             [x for x, p in zip(r, problems, strict=True) if labels[p.id] == name]
         )

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..runs import markdown_table
+from .choices import DIFFICULTIES
 
 __all__ = [
     "SUMMARY_WINDOW",
@@ -45,7 +46,7 @@ def reward_fields(rewards, problem_ids: list[str], labels: dict[str, str]) -> di
     ``acc_hard``; None when the step drew none). ``rewards``: ``(prompts, G)`` tensor."""
     per_prompt = rewards.mean(dim=1).tolist()  # (prompts,)
     rec = {"reward_mean": float(rewards.mean()), "acc": float((rewards == 1).float().mean())}
-    for name in ("easy", "hard"):
+    for name in DIFFICULTIES:
         accs = [a for a, pid in zip(per_prompt, problem_ids, strict=True) if labels[pid] == name]
         rec[f"acc_{name}"] = float(np.mean(accs)) if accs else None
     return rec
