@@ -36,7 +36,6 @@ from .models import resolved_dtype
 from .policy import Policy, load_policy
 from .problems import build_problems, select_problems, step_seed
 from .rewards import batch_rewards
-from .rollout import eval_mode
 from .sinks import MetricSinks
 from .summary import reward_fields, summarize, summary_table
 
@@ -69,6 +68,7 @@ class Prepared:
     labels: dict[str, str]  # problem id -> easy / hard
     sizes: dict  # slice sizes (recorded in the summary)
     t_setup: float  # perf_counter() when setup began
+    threads: tuple[int, str]  # torch threads applied, and why (recorded in the summary)
 
 
 def seed_everything(seed: int) -> None:
@@ -94,7 +94,8 @@ def prepare(cfg: TrainConfig, progress: bool, *,
     cfg.validate()
     if check is not None:
         check(cfg)
-    torch.set_num_threads(run_threads(cfg.threads)[0])
+    threads = run_threads(cfg.threads)
+    torch.set_num_threads(threads[0])
     t_setup = time.perf_counter()
     train_pool, held = build_problems(cfg)  # data errors surface before the model loads
     if not train_pool:
@@ -105,7 +106,7 @@ def prepare(cfg: TrainConfig, progress: bool, *,
     if out is None:  # created only now: bad data or a bad model leaves no empty folder
         out = create(cfg)
     return Prepared(cfg, out, resuming, has_ckpt, policy, pool, held, policy.prompts(held),
-                    labels, sizes, t_setup)
+                    labels, sizes, t_setup, threads)
 
 
 def run_threads(requested: int) -> tuple[int, str]:
@@ -138,19 +139,18 @@ def _mean(xs) -> float | None:
 
 
 def evaluate(policy: Policy, prompts, problems, labels, cfg: TrainConfig, step: int) -> dict:
-    """Held-out accuracy of the current policy (``eval_temperature``, one sample each), with
-    the model in eval mode for the duration."""
+    """Held-out accuracy of the current policy (``eval_temperature``, one sample each); the
+    engines sample in eval mode themselves (``rollout.eval_mode``)."""
     t0 = time.perf_counter()
-    with eval_mode(policy.model):
-        sync_policy(policy.engine)
-        batch = policy.engine.generate(
-            prompts,
-            1,
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.eval_temperature,
-            top_p=1.0,
-            generator_seed=step_seed(cfg.seed, step, 2),
-        )
+    sync_policy(policy.engine)
+    batch = policy.engine.generate(
+        prompts,
+        1,
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.eval_temperature,
+        top_p=1.0,
+        generator_seed=step_seed(cfg.seed, step, 2),
+    )
     r = batch_rewards(batch.texts, [p.answer for p in problems])
     rec = {"kind": "eval", "step": step, "eval_acc": _mean(r), "eval_n": len(r)}
     for name in DIFFICULTIES:
@@ -317,7 +317,7 @@ def finish(prep: Prepared, model, setup_s: float, train_time_s: float,
     summary.update(run_dir=str(out.path), slice_sizes=prep.sizes, n_eval=len(prep.held),
                    setup_s=round(setup_s, 2), train_time_s=round(train_time_s, 2))
     dtype, dtype_reason = resolved_dtype(cfg.model_config())
-    threads, threads_reason = run_threads(cfg.threads)
+    threads, threads_reason = prep.threads
     summary.update(dtype=dtype, dtype_reason=dtype_reason, threads=threads,
                    threads_reason=threads_reason)
     summary.update(extra or {})
