@@ -31,13 +31,27 @@ circular block bootstrap, t form            94%        94%
 moving block bootstrap, t form              94%        93%
 circular, block ceil(n^(1/3)) = 4           88%        88%
 circular, percentile form                   77%        85%
+ArviZ ``ess(method="identity")`` as n_eff   86%        91%
+circular, Politis-White block (arch)        86%        90%
 ==========================================  =========  =========
 
 ``n_eff < 2`` (3% of the series at n = 30) gives no interval, counted above as covering (it
 would be unbounded). With independent values (``phi = 0``) the plain t covers 95%, the n_eff
 interval 97% and the t-form bootstrap 98%: conservative, because ``n_eff`` is capped at n.
 
-NumPy and SciPy only.
+Cross-checked (tests/test_stats_crosscheck.py; the ``test`` extra installs the libraries) against
+ArviZ, arch and statsmodels: :func:`autocorrelation` equals ``statsmodels.tsa.stattools.acf``
+and ``arviz.autocorr``; the Geyer truncation applied to ArviZ's single-chain sequence
+(``rho_k - 1/(n-1)``, plus Stan's extra lag) reproduces ``arviz.ess(method="identity")``
+exactly, and on long series the two n_eff agree within O(M/n); the block resamples are those of
+``arch.bootstrap.CircularBlockBootstrap`` / ``MovingBlockBootstrap`` for the same generator,
+and :func:`block_length` is compared with ``arch.bootstrap.optimal_block_length`` (Politis &
+White 2004, Patton et al. 2009; column ``"circular"``): ``2 n^(1/3)`` is its AR(1) optimum at
+``phi ~ 0.66``. Neither library replaces this module: ArviZ's n_eff has no mean correction
+(86% at n = 30 above) and brings xarray, h5py and pandas (~127 MiB installed); arch's intervals are
+percentile or normal-quantile ones, its data-driven block is short and noisy at 30-60 steps
+(86% at n = 30), and it brings statsmodels and pandas (~165 MiB). The module itself needs NumPy
+and SciPy only.
 """
 
 from __future__ import annotations

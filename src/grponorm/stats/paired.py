@@ -1,4 +1,10 @@
-"""``compare``: the difference of two arms over seeds, its interval, p-value and verdict."""
+"""``compare``: the difference of two arms over seeds, its interval, p-value and verdict.
+
+The paired t and Welch intervals and p-values are cross-checked against statsmodels'
+``DescrStatsW.tconfint_mean`` / ``ttest_mean`` and ``CompareMeans.tconfint_diff`` /
+``ttest_ind(usevar="unequal")`` (tests/test_stats_crosscheck.py; statsmodels comes with the
+``test`` extra, not at run time: SciPy's t distribution does the whole job here).
+"""
 
 from __future__ import annotations
 
