@@ -247,6 +247,10 @@ def test_diag_fisher_writes_table_summary_figures(tiny_policy_dir, tmp_path):
     main = saved["correlations"][diag_fisher.MAIN]
     assert set(main) == {"0", "1", "2"}
     assert saved["cost"]["ratio"] > 1 and saved["cost"]["steps_with"] == 4
+    pooled = saved["pooled"]["lags"]
+    assert set(pooled) == {"0", "1", "2"} and pooled["0"]["pearson"]["n"] <= 4
+    assert "Pooled over measurements" in table and "Holm over lags 1, 2" in table
+    assert diag_fisher.reanalyze(run)["pooled"] == saved["pooled"]  # the same from the metrics
     for name in saved["figures"]:
         _nonblank(run / name)
 

@@ -30,6 +30,12 @@ Two modes:
   independent draw of the same weights (is the agreement more than shared sampling noise?), and
   the base Fisher vs the final variance (across training).
 
+Pooled estimate (``pooled_analysis``, in every training-mode summary; ``reanalyze`` adds it to
+a run saved without it): the mean of the per-step correlations at each lag -- the pooled
+correlation of within-step standardized Fisher trace and reward variance -- with a circular block
+bootstrap over measurements, read against the paper's 0.342 (same step) and against "≈ 0" with
+Holm's correction over the lags (``table1.pooled_entry``, ``grponorm.stats.pooled``).
+
 Cost: the trainer times each diagnostic (``time_diag``, of which ``time_diag_fisher`` is the
 backward passes); the summary gives seconds per step with and without it and their ratio.
 """
@@ -60,7 +66,15 @@ from ..rl.session import run_threads
 from ..rl.summary import read_metrics
 from ..runs import Run, markdown_table, to_jsonable
 from . import table1
-from .table1 import PAPER, PAPER_TABLE1, correlation_entry, lag_intervals, table1_rows
+from .table1 import (
+    PAPER,
+    PAPER_TABLE1,
+    correlation_entry,
+    lag_intervals,
+    pooled_entry,
+    pooled_rows,
+    table1_rows,
+)
 
 PAIRS = {  # name -> (x, y): correlate x[t] with y[t + lag] across prompts
     "fisher_trace vs sampled variance (paper's Table 1)": ("fisher_trace", "reward_var"),
@@ -82,7 +96,8 @@ class FisherConfig(TrainConfig):
     checkpoint_every: int = 0  # checkpoint every N steps (0 = only at the end)
     diagnostics: str = "fisher"  # the step diagnostic (always fisher here)
     diag_every: int = 2  # measure every k training steps
-    diag_probe: int = 12  # fixed probe-set size (0 = each step's training groups, same step only)
+    diag_probe: int = 64  # fixed probe-set size, the paper's 64 (0 = each step's training
+    # groups, same step only)
     lags: list = field(default_factory=lambda: [0, 1, 2, 3])  # lags in measurements (k steps)
     checkpoints: str = ""  # trainer run folder: measure its saved weights instead of training
     repeats: int = 3  # checkpoints mode: independent sample draws per saved state
@@ -166,6 +181,7 @@ def _run_training(cfg: FisherConfig, progress: bool) -> dict:
     lags = [g for g in cfg.lags if g < T] if same else [0]
     # One run: the measurements are the replicates of the intervals (table1's docstring).
     results = {name: lag_intervals([data[x]], [data[y]], lags) for name, (x, y) in PAIRS.items()}
+    pooled = pooled_analysis(data, lags)
     c = cost(records, n, cfg.prompts_per_step)
     where = (f"fixed probe set of {n} training problems, fresh samples every {cfg.diag_every} steps"
              if cfg.diag_probe else f"each step's {n} training groups (same samples as the update)")
@@ -181,6 +197,7 @@ def _run_training(cfg: FisherConfig, progress: bool) -> dict:
         rows.append([f"across steps (lag {across} = {across * cfg.diag_every} steps)",
                      *_paper_cells("across steps"), *_cells(results[MAIN][across])])
     table = _tables(head, rows, results, cfg.diag_every, c)
+    table += "\n" + pooled_table(pooled, cfg.diag_every)
     out.write_text("table.md", table)
     figs = _figures(out, data, steps, results, cfg.diag_every)
     summary = {
@@ -192,6 +209,7 @@ def _run_training(cfg: FisherConfig, progress: bool) -> dict:
         "steps_measured": steps,
         "paper": PAPER,
         "correlations": results,
+        "pooled": pooled,
         "cost": c,
         "train": {k: tsum.get(k) for k in ("acc_start", "acc_end", "time_step_s", "train_time_s",
                                            "frac_zero_variance")},
@@ -204,6 +222,42 @@ def _run_training(cfg: FisherConfig, progress: bool) -> dict:
     }
     out.finish(summary)
     return to_jsonable(summary)
+
+
+def pooled_analysis(data: dict[str, np.ndarray], lags) -> dict:
+    """The pooled Table 1 of one run (``table1.pooled_entry``): the mean of per-step Pearson
+    (and Spearman) correlations of Fisher trace and reward variance at each lag, its circular
+    block-bootstrap interval over measurements and reading, Holm over the lags > 0, and the
+    same-step estimate on the measurements where several prompts have reward spread.
+
+    Args:
+        data: :func:`matrices`' arrays ((T, n) ``fisher_trace`` and ``reward_var``).
+        lags: lags in measurements (the probe set's: the same prompts at every measurement).
+    """
+    x, y = data["fisher_trace"], data["reward_var"]
+    return pooled_entry(x, y, lags, spread=y)
+
+
+def reanalyze(run_dir: str | Path) -> dict:
+    """The summary of a finished E5 training-mode run with :func:`pooled_analysis` computed
+    from its per-step matrices (``<run_dir>/train/metrics.jsonl``), e.g. a committed result
+    written before the pooled estimate existed. Reads ``summary.json``, ``config.json`` and the
+    metrics; writes nothing; the other fields are the saved summary's.
+
+    Raises:
+        ValueError: for a checkpoints-mode run (its draws are not a series of measurements).
+        FileNotFoundError: when a file is missing.
+    """
+    run_dir = Path(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    if summary.get("mode") != "train":
+        raise ValueError(f"{run_dir}: only a training-mode E5 run has a series of measurements "
+                         f"to pool (mode {summary.get('mode')!r})")
+    cfg = json.loads((run_dir / "config.json").read_text())["config"]
+    _, data, same = matrices(read_metrics(run_dir / "train"))
+    T = data["fisher_trace"].shape[0]
+    lags = [int(g) for g in cfg.get("lags", [0]) if int(g) < T] if same else [0]
+    return {**summary, "pooled": pooled_analysis(data, lags)}
 
 
 # ------------------------------------------------------------------------------ checkpoint mode
@@ -249,7 +303,7 @@ def _run_checkpoints(cfg: FisherConfig, progress: bool) -> dict:
     if tcfg.slice != "all" and tcfg.slice_by != "pass_rate":
         labels = slice_labels(tcfg, pool, None)
         pool = [p for p in pool if labels[p.id] == tcfg.slice]
-    probes = probe_problems(replace(tcfg, diag_probe=cfg.diag_probe or 12), pool)
+    probes = probe_problems(replace(tcfg, diag_probe=cfg.diag_probe or 64), pool)
     if cfg.device != "auto":
         tcfg = replace(tcfg, device=cfg.device)
     policy = load_policy(tcfg)
@@ -368,6 +422,31 @@ def _tables(head: str, paper_rows: list, results: dict, every: int | None, c: di
     return f"{head}\n\n{PAPER_TABLE1}.\n\n{t1}\n{t2}\n{t3}"
 
 
+def pooled_table(pooled: dict, every: int) -> str:
+    """Markdown of :func:`pooled_analysis`: per lag and method the mean per-step correlation,
+    its interval, the one-sided bound, p (and Holm's p for lags > 0) and the reading."""
+    rows = []
+    for g, by in pooled["lags"].items():
+        for key in ("pearson", "spearman"):
+            rd = by[key]
+            rows.append([f"{g} ({int(g) * every} steps)", key, rd["estimate"],
+                         "-" if rd["low"] is None else f"[{rd['low']:+.3f}, {rd['high']:+.3f}]",
+                         rd["largest"], rd["p"], rd.get("p_holm", "-"), rd["n"], rd["n_eff"],
+                         rd["block"], rd["verdict"]])
+    head = ("Pooled over measurements: mean of per-step correlations (= correlation of "
+            "within-step standardized values over all (measurement, prompt) pairs), 95% "
+            "circular block bootstrap over measurements (t form); one-sided 95% bound on the "
+            "paper's side; lags > 0: Holm over lags "
+            f"{', '.join(map(str, pooled['multiplicity']['lags'])) or '-'} per method.")
+    t = markdown_table(["lag", "method", "mean r", "95% CI", "one-sided bound", "p", "Holm p",
+                        "measurements", "n_eff", "block", "reading"], rows)
+    sens = pooled.get("sensitivity")
+    if sens:
+        t += (f"\nSensitivity, {sens['what']}: {sens['kept']} of {sens['of']} measurements, "
+              f"{sens['pearson']['description']}\n")
+    return f"{head}\n\n{t}"
+
+
 def _figures(out: Run, data: dict, steps, results: dict, every: int | None) -> list[str]:
     rng = np.random.default_rng(0)
     fig, axes = plotting.subplots(1, 1, w=5.0)
@@ -414,16 +493,22 @@ TITLE = "Curvature proxy (diagonal Fisher) vs reward variance on a language mode
 PAPER_LINE = table1.PAPER_LINE
 PROFILES = {
     "quick": dict(steps=6, diag_probe=4, diag_every=2, lags=[0, 1, 2]),
-    # 30 measurements (every 2 of 60 steps): enough for an interval that allows for their
-    # autocorrelation (table1: effective sample size)
-    "cpu": dict(steps=60),
+    # 24 measurements (every 2 of 48 steps) of the paper's 64 probe prompts: the pooled
+    # interval (table1.pooled_entry) is then about ±0.11 wide on each side, from the spread
+    # of the per-step r at 64 prompts and the autocorrelation of the 12-prompt run (docs/
+    # results.md, E5 sizing); about 105-140 s of one core per measurement
+    "cpu": dict(steps=48, diag_every=2, diag_probe=64),
     "paper": dict(model="Qwen/Qwen2.5-Math-1.5B", device="cuda", steps=100, diag_probe=64,
                   diag_every=5, max_new_tokens=256),
 }
 
 
 def report_rows(s: dict) -> list[list]:
-    """Paper-vs-ours rows: Table 1 (same step, across steps) and the diagnostic's cost."""
+    """Paper-vs-ours rows: Table 1 (same step, across steps) and the diagnostic's cost.
+
+    A training-mode summary with ``pooled`` (:func:`pooled_analysis`; :func:`reanalyze` adds
+    it to a run saved without it) gives the pooled rows; one without it the mean-Fisher-z rows
+    of ``table1.table1_rows`` it was written with."""
     main = s["correlations"][MAIN]
     if s.get("mode") == "checkpoints":  # keys: same draw, independent draws, across training
         keys = list(main)
@@ -431,7 +516,9 @@ def report_rows(s: dict) -> list[list]:
     lags = sorted(main, key=int)
     every = s.get("steps_measured", [0, 0])
     every = every[1] - every[0] if len(every) > 1 else 1
+    cost_row = ["cost of the diagnostic", "-", f"{s['cost']['ratio']:.2f}x a plain step "
+                f"(probe of {s['probe']} prompts)", "measured"]
+    if s.get("pooled"):
+        return pooled_rows(s["pooled"], every) + [cost_row]
     return table1_rows(main[lags[0]], [(f"lag {g} ({int(g) * every} steps)", main[g])
-                                       for g in lags[1:]], "language model") + [
-        ["cost of the diagnostic", "-", f"{s['cost']['ratio']:.2f}x a plain step "
-         f"(probe of {s['probe']} prompts)", "measured"]]
+                                       for g in lags[1:]], "language model") + [cost_row]
