@@ -175,8 +175,16 @@ def _e3(tmp_path, seeds, optimizers=("sgd",)):
 
 def test_e3_rows_have_interval_n_verdict_per_optimizer(tmp_path):
     s = _e3(tmp_path, 3, ("sgd", "adam"))
-    rows = bandit_sampled.report_rows(s)
+    everything = bandit_sampled.report_rows(s)
+    rows = [r for r in everything if "rliable" not in r[0]]
+    robust = [r for r in everything if "rliable" in r[0]]
     assert len(rows) == 2 * 2 * 3  # optimizers x (shared, tuned) x (Hard, Easy, Hard - Easy)
+    # rliable beside them: per optimizer, mode and set, the two arms' IQM and P(Std > No-Std)
+    assert len(robust) == 2 * 2 * 2 * 3
+    iqm = s["rliable"]["sgd"]["shared"][0]
+    assert iqm["arm"] == "group_std" and iqm["slice"] == "easy"
+    x = np.sort(np.array(s["per_seed"]["sgd/easy/group_std/1.0"]))
+    assert iqm["estimate"] == pytest.approx(float(np.mean(x)))  # n=3: a 25% trim drops none
     assert any("Adam, tuned LR" in r[0] for r in rows)
     for r in rows:
         assert "[" in r[2] and "n=3 paired" in r[2], r

@@ -28,3 +28,21 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
 def test_only_whole_file_modes(tmp_path):
     with pytest.raises(ValueError, match="mode must be"), atomic_open(tmp_path / "x", "a"):
         pass
+
+
+def test_atomic_write_gives_a_new_file_the_umask_mode_and_keeps_an_old_files_mode(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        fresh = atomic_write(tmp_path / "new.txt", "x")
+        assert stat.S_IMODE(fresh.stat().st_mode) == 0o644  # not mkstemp's 0600
+        kept = tmp_path / "kept.txt"
+        kept.write_text("a")
+        kept.chmod(0o640)
+        atomic_write(kept, "b")
+        assert stat.S_IMODE(kept.stat().st_mode) == 0o640
+        assert kept.read_text() == "b"
+    finally:
+        os.umask(old)

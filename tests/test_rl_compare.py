@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -42,7 +44,10 @@ def test_compare_grid_figure_table_and_resume(tiny_policy_dir, tmp_path, monkeyp
     rows = summary["comparisons"]  # one seed: every comparison is inconclusive
     assert {(r["slice"], r["metric"]) for r in rows} >= {("easy", "acc_end"), ("hard", "acc_end")}
     assert all(r["n"] == 1 and r["verdict"] == "inconclusive" for r in rows)
-    assert all(r[-1] == "inconclusive (1 seed)" for r in rl_compare.report_rows(summary))
+    report = rl_compare.report_rows(summary)
+    caveats = [r for r in report if "base-rate caveat" in r[0]]
+    assert [r[0].split(":")[0] for r in caveats] == ["Easy", "Hard"]  # the level of each slice
+    assert all(r[-1] == "inconclusive (1 seed)" for r in report if r not in caveats)
     table = (out / "table.md").read_text()
     assert "group_std" in table and "none" in table
     subs = sorted(p.name for p in (out / "runs").iterdir())
@@ -56,11 +61,23 @@ def test_compare_grid_figure_table_and_resume(tiny_policy_dir, tmp_path, monkeyp
     again = rl_compare.run(rl_compare.CompareConfig(grid_dir=str(out)), progress=False)
     assert again["results"] == summary["results"]
     assert (out / "runs" / "easy-none-s0" / "summary.json").stat().st_mtime_ns == stamp
-    # analyze_only: the table and summary rebuilt from the finished runs, nothing trained
+    # analyze_only: the table and summary rebuilt from the finished runs, nothing trained,
+    # nothing written into the grid folder: the analysis goes to a new folder under --out
     (out / "runs" / "hard-none-s0" / "summary.json").unlink()  # an unfinished run is left out
     monkeypatch.setattr(grid_runner.rl_train, "run", lambda *a, **k: pytest.fail("trained"))
-    again = rl_compare.run(rl_compare.CompareConfig(grid_dir=str(out), analyze_only=True),
+    before = _snapshot(out)
+    again = rl_compare.run(rl_compare.CompareConfig(grid_dir=str(out), analyze_only=True,
+                                                    out=str(tmp_path / "analysis"),
+                                                    seeds=[0, 1]),  # more seeds: not saved
                            progress=False)
+    assert _snapshot(out) == before
+    analysis = Path(again["run_dir"])
+    assert analysis.parent.parent == tmp_path / "analysis" and again["grid_dir"] == str(out)
+    for name in ("accuracy.png", "success_hist.png", "table.md", "summary.json"):
+        assert (analysis / name).is_file(), name
+    assert again["runs"] == 3 and again["runs_wall_time_s"] == pytest.approx(sum(
+        json.loads((out / "runs" / f / "summary.json").read_text())["wall_time_s"]
+        for f in ("easy-group_std-s0", "easy-none-s0", "hard-group_std-s0")), abs=0.2)
     assert set(again["points"]) == {"easy/group_std/adamw/lr0.005", "easy/none/adamw/lr0.005",
                                     "hard/group_std/adamw/lr0.005"}
     primary = [r for r in again["comparisons"] if r["metric"] == "acc_primary"]
@@ -71,6 +88,13 @@ def test_compare_grid_figure_table_and_resume(tiny_policy_dir, tmp_path, monkeyp
     evals = [r["eval_acc"] for r in read_metrics(out / "runs" / "easy-none-s0", "eval")
              if r["step"] > 0]
     assert evals and point["eval_mean"] == pytest.approx(np.mean(evals))
+
+
+def _snapshot(folder: Path) -> dict:
+    """Every file under ``folder``: its bytes' hash and its mode (folders: their mode)."""
+    return {str(p.relative_to(folder)): (p.stat().st_mode, hashlib.sha256(p.read_bytes())
+                                          .hexdigest() if p.is_file() else None)
+            for p in sorted(folder.rglob("*"))}
 
 
 def test_window_metrics():
@@ -131,9 +155,13 @@ def test_grid_sweeps_resume_and_paired_comparisons(tiny_policy_dir, tmp_path, mo
             got, want = r[k], getattr(c, k)
             assert got == pytest.approx(want) or got != got and want != want, k  # NaN: NaN
         assert r["verdict"] == c.verdict(+1)
-    tuned = [r for r in summary["comparisons"] if r["what"].startswith("tuned LR (sgd")]
-    assert tuned and tuned[0]["n"] == 1  # one sweep seed
-    assert {r["slice"] for r in summary["comparisons"] if "tuned" in r["what"]} == {"hard"}
+    (tuned,) = [r for r in summary["comparisons"] if r.get("reading") == "tuned"]
+    assert tuned["optimizer"] == "adamw" and tuned["slice"] == "hard"  # Easy was not swept
+    assert tuned["lrs"] == sorted([cfg.lr, 1e-3])
+    assert tuned["n"] == 1 and tuned["in_sample"] and tuned["seeds"] == [0]  # one sweep seed
+    fixed = {(r["optimizer"], r["lr_a"], r["n"]) for r in summary["comparisons"]
+             if r.get("reading") == "fixed LR"}
+    assert fixed == {("adamw", 1e-3, 1), ("sgd", 0.5, 1)}  # SGD's one LR: no tuning
 
 
 def test_reproduce_resumes_the_newest_grid(tmp_path):
@@ -181,24 +209,32 @@ def test_comparisons_pair_arms_by_seed_std_minus_none():
     assert row["text"].startswith("+0.073 [")  # the cell shows this difference
 
 
-def test_comparisons_tuned_lr_picks_each_arms_best_held_out_lr():
+def test_comparisons_tuned_lr_is_cross_fitted_on_the_primary_metric():
+    """Each arm's LR is chosen per fold on the other fold's mean acc_primary (a held-out
+    metric never enters), and each seed scores its own acc_primary at its fold's LR."""
     def runs(acc, ev):
-        return [{"seed": s, "acc_end": a, "eval_end": e} for s, (a, e) in enumerate(zip(acc, ev))]
+        return [{"seed": s, "acc_primary": a, "eval_end": e}
+                for s, (a, e) in enumerate(zip(acc, ev))]
 
-    points = {  # Std is best held out at lr 0.01, No-Std at 0.001: compared on acc_end there
-        "hard/group_std/sgd/lr0.01": runs([0.9, 0.8], [0.7, 0.7]),
-        "hard/group_std/sgd/lr0.001": runs([0.1, 0.1], [0.2, 0.3]),
-        "hard/none/sgd/lr0.01": runs([0.5, 0.5], [0.1, 0.1]),
-        "hard/none/sgd/lr0.001": runs([0.3, 0.2], [0.6, 0.6]),
+    points = {  # Std best at 0.01 on both folds; No-Std: 0.001 on seeds 0, 2, 0.01 on 1, 3
+        "hard/group_std/sgd/lr0.01": runs([0.9, 0.8, 0.7, 0.9], [0.0] * 4),
+        "hard/group_std/sgd/lr0.001": runs([0.1, 0.1, 0.2, 0.1], [0.9] * 4),
+        "hard/none/sgd/lr0.01": runs([0.6, 0.2, 0.5, 0.3], [0.9] * 4),
+        "hard/none/sgd/lr0.001": runs([0.3, 0.7, 0.2, 0.8], [0.0] * 4),
     }
-    assert rl_compare_stats.tuned_lr(points, "hard", "group_std", "sgd", [0.001, 0.01]) == 0.01
-    assert rl_compare_stats.tuned_lr(points, "hard", "none", "sgd", [0.001, 0.01]) == 0.001
     rows = rl_compare_stats.comparisons(points, ["hard"], ("group_std", "none"),
                                         ("adamw", 1e-3), {"sgd": [0.001, 0.01]}, ["hard"])
-    (row,) = [r for r in rows if r["what"].startswith("tuned")]
-    assert row["what"] == "tuned LR (sgd: 0.01 vs 0.001)" and (row["lr_a"], row["lr_b"]) == (
-        0.01, 0.001)
-    assert row["diff"] == pytest.approx(np.mean([0.9 - 0.3, 0.8 - 0.2]))
+    (row,) = [r for r in rows if r.get("reading") == "tuned"]
+    # No-Std's even fold (seeds 0, 2) is chosen on seeds 1, 3: 0.001 (0.75 vs 0.25); its odd
+    # fold on seeds 0, 2: 0.01 (0.55 vs 0.25)
+    assert row["chosen"] == {"group_std": {"even": 0.01, "odd": 0.01},
+                             "none": {"even": 0.001, "odd": 0.01}}
+    assert row["edge"] and row["n"] == 4 and row["left_out"] == []
+    none = [0.3, 0.2, 0.2, 0.3]  # seed by seed at its fold's LR
+    assert row["b"] == pytest.approx(none)
+    assert row["diff"] == pytest.approx(np.mean(np.subtract([0.9, 0.8, 0.7, 0.9], none)))
+    fixed = [r for r in rows if r.get("reading") == "fixed LR"]
+    assert {r["lr_a"] for r in fixed} == {0.001, 0.01}  # each LR of the sweep, secondary
 
 
 def test_report_rows_show_each_comparisons_numbers_and_verdict():
@@ -231,3 +267,98 @@ def test_a_continued_grid_takes_more_seeds_only(tmp_path):
     assert again.seeds == [8, 9, 10, 11]
     other = rl_compare._settings(rl_compare.CompareConfig(grid_dir=str(run.path), seeds=[0]))
     assert other.seeds == [8, 9, 10, 11]
+
+
+def _fake_grid(folder: Path, seeds: list[int], skip: set[str], acc, lrs=(1.5e-4, 1.5e-3, 5e-3),
+               run_settings: dict | None = None) -> None:
+    """A grid folder laid out as ``rl compare`` writes one, with the committed confirmatory
+    grid's settings and the tuned pre-registration's LRs; each run's records are synthetic
+    (``acc(slice, normalizer, lr, seed, step)``), its summary the committed template's."""
+    root = Path(__file__).resolve().parents[1] / "results" / "e6-cpu" / "confirm"
+    saved = json.loads((root / "config.json").read_text())
+    lrs = list(lrs)
+    saved["config"].update(seeds=seeds, lrs=lrs, sweep_slices=["easy", "hard"], out=str(folder))
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(saved))
+    template = json.loads((root / "runs" / "hard-none-s8" / "summary.json").read_text())
+    run_cfg = json.loads((root / "runs" / "hard-none-s8" / "config.json").read_text())
+    for s in ("easy", "hard"):
+        for norm in ("group_std", "none"):
+            for lr in (5e-4, *lrs):
+                for seed in seeds:
+                    name = (f"{s}-{norm}-s{seed}" if lr == 5e-4
+                            else f"{s}-{norm}-adamw-lr{lr:g}-s{seed}")
+                    run = folder / "runs" / name
+                    run.mkdir(parents=True)
+                    recs = [{"kind": "train", "step": t, "acc": acc(s, norm, lr, seed, t)}
+                            for t in range(1, 21)]
+                    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n"
+                                                               for r in recs))
+                    (run / "config.json").write_text(json.dumps(
+                        {**run_cfg, "config": {**run_cfg["config"], "slice": s, "seed": seed,
+                                               "normalizer": norm, "lr": lr,
+                                               **(run_settings or {})}}))
+                    if name not in skip:  # a run still training has no summary.json
+                        (run / "summary.json").write_text(json.dumps(
+                            {**template, "slice": s, "normalizer": norm, "seed": seed}))
+
+
+def test_analyze_only_reads_a_tuned_grid_interim_without_writing_into_it(tmp_path):
+    """The pre-registered tuned grid, part-way: the cross-fitted rows use the seeds that ran
+    every LR (the others counted), are labelled interim and draw no verdict."""
+    best = {"group_std": 1.5e-3, "none": 5e-4}  # each arm's best LR, by a clear margin
+
+    def acc(s, norm, lr, seed, t):
+        return round(0.3 + 0.2 * (lr == best[norm]) + 0.01 * ((seed * 7 + t) % 5), 4)
+
+    grid = tmp_path / "e6-tuned"
+    _fake_grid(grid, [8, 9, 10, 11], {"hard-none-adamw-lr0.005-s9"}, acc)
+    before = _snapshot(grid)
+    s = rl_compare.run(rl_compare.CompareConfig(grid_dir=str(grid), analyze_only=True,
+                                                out=str(tmp_path / "analysis"),
+                                                rliable_reps=200), progress=False)
+    assert _snapshot(grid) == before
+    assert s["preregistration"]["applies"] and s["tuned_preregistration"]["applies"]
+    tuned = {r["slice"]: r for r in s["comparisons"] if r.get("reading") in ("tuned",
+                                                                            "interaction")}
+    assert tuned["hard"]["n"] == 3 and tuned["hard"]["left_out"] == [9]
+    assert tuned["easy"]["n"] == 4 and tuned["hard-easy"]["n"] == 3
+    for r in tuned.values():
+        assert r["cell"] == (f"inconclusive (interim, n = {r['n']}, not the pre-registered "
+                             "reading: no verdict drawn)")
+    assert tuned["hard"]["chosen"] == {"group_std": {"even": 1.5e-3, "odd": 1.5e-3},
+                                       "none": {"even": 5e-4, "odd": 5e-4}}
+    assert tuned["hard"]["edge"] == []  # neither 1.5e-4 nor 5e-3 was chosen
+    assert tuned["easy"]["diff"] == pytest.approx(np.mean(
+        [np.mean([acc("easy", "group_std", 1.5e-3, x, t) - acc("easy", "none", 5e-4, x, t)
+                  for t in range(11, 21)]) for x in (8, 9, 10, 11)]))
+    shared = [r for r in s["comparisons"] if r.get("reading") == "shared"]
+    assert shared and all(r["interim"] == "interim, n = 4, not the pre-registered reading"
+                          for r in shared)
+    rows = rl_compare.report_rows(s)
+    hard = [r for r in rows if r[0].startswith("Hard: PRIMARY") and "tuned LR" in r[0]]
+    assert hard and "1 seed lacking an LR left out" in hard[0][0]
+    assert any(r[0].startswith("Hard − Easy:") for r in rows)
+    assert any("cross-fitted tuned LR" in r[0] and "IQM" in r[0] for r in rows)
+
+
+def test_a_pilot_is_pooled_only_with_the_grids_settings(tmp_path):
+    def acc(s, norm, lr, seed, t):
+        return 0.5
+
+    _fake_grid(tmp_path / "grid", [8, 9], set(), acc, lrs=())
+    _fake_grid(tmp_path / "pilot", [0, 1], set(), acc, lrs=())
+    _fake_grid(tmp_path / "hot", [0, 1], set(), acc, lrs=(), run_settings={"temperature": 1.0})
+    _fake_grid(tmp_path / "same", [1, 8], set(), acc, lrs=())
+
+    def analyze(pilot):
+        return rl_compare.run(rl_compare.CompareConfig(
+            grid_dir=str(tmp_path / "grid"), analyze_only=True, out=str(tmp_path / "an"),
+            pilot_dir=str(tmp_path / pilot), rliable_reps=50), progress=False)
+
+    s = analyze("pilot")
+    assert s["pilot"]["seeds"] == [0, 1] and s["pilot"]["environment"] == "identical"
+    with pytest.raises(ValueError, match="temperature"):
+        analyze("hot")
+    with pytest.raises(ValueError, match=r"seeds \[8\] are in the pilot and in the grid"):
+        analyze("same")

@@ -101,7 +101,8 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
                     help="where E6's runs go: local worker processes or a Ray cluster")
     rp.add_argument("--ray-address", default="", help="Ray cluster address (\"\" = a local one)")
     rp.add_argument("--from-results", default="", metavar="DIR",
-                    help="train nothing: rebuild the report from committed results (results/)")
+                    help="train nothing: rebuild the report from committed results (results/) "
+                    "into <out>/reproduce-results; nothing is written under DIR")
     rp.set_defaults(_target="reproduce")
     return parser
 
@@ -134,7 +135,8 @@ def main(argv=None) -> int:
 
         try:
             if args.from_results:
-                path = rebuild(args.from_results, None, not args.no_progress)
+                path = rebuild(args.from_results, Path(args.out) / "reproduce-results",
+                               not args.no_progress)
                 print(f"report: {path}\n        {path.with_suffix('.md')}")
                 return 0
             path = reproduce(args.profile, args.only, args.out, not args.no_progress, args.force,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -19,7 +20,9 @@ def atomic_open(path: str | Path, mode: str = "w"):
     Writes go to a unique temporary file in the same folder (two writers of one path never
     share it), which is flushed, fsynced and renamed over ``path`` when the block ends; an
     exception (or a kill) leaves ``path`` untouched and removes the temporary file. ``mode`` is
-    ``"w"`` (text) or ``"wb"`` (bytes).
+    ``"w"`` (text) or ``"wb"`` (bytes). The new file keeps the permission bits of the file it
+    replaces, or gets what ``open`` would give a new file (0666 less the umask), not the 0600
+    of the temporary file.
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open writes whole files: mode must be 'w' or 'wb'; got {mode!r}")
@@ -30,9 +33,17 @@ def atomic_open(path: str | Path, mode: str = "w"):
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, stat.S_IMODE(target.stat().st_mode) if target.exists() else 0o666 & ~_umask())
         os.replace(tmp, target)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: str | Path, data: str | bytes) -> Path:

@@ -41,6 +41,8 @@ from ..bandit.features import (
 from ..bandit.simulate import bandit_normalizers, simulate_sampled
 from ..runs import Run, markdown_table
 from ..stats import compare
+from ..stats.crossfit import crossfit
+from .robust import rliable_rows
 from .rows import entry
 
 #: Column (and summary key) of the final mean pi* of a (set, normalizer) cell.
@@ -93,27 +95,6 @@ def lr_grid(cfg: SampledConfig, optimizer: str) -> tuple[list, float]:
     if optimizer == "adam":
         return list(cfg.adam_lrs), cfg.adam_shared_lr
     raise ValueError(f"optimizers must be 'sgd' or 'adam', got {optimizer!r}")
-
-
-def crossfit(finals: dict[float, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Two-fold cross-fitted best learning rate per seed (module docstring).
-
-    Args:
-        finals: learning rate -> (S,) per-seed score (final mean pi*), seeds in one order.
-
-    Returns:
-        (lr per seed (S,), score per seed at that lr (S,)). Folds: even and odd seed indices;
-        a fold's lr maximizes the other fold's mean score (ties: the first lr). One seed: its
-        own score picks (in-sample).
-    """
-    lrs = list(finals)
-    F = np.stack([np.asarray(finals[lr], dtype=np.float64) for lr in lrs])  # (L, S)
-    idx = np.arange(F.shape[1])
-    pick = np.zeros(F.shape[1], dtype=np.int64)
-    for fold in (idx % 2 == 0, idx % 2 == 1):
-        other = ~fold if (~fold).any() else fold
-        pick[fold] = int(np.argmax(F[:, other].mean(axis=1)))
-    return np.asarray(lrs, dtype=np.float64)[pick], F[pick, idx]
 
 
 def _gap_entries(std: dict, none: dict, effect: float) -> dict:
@@ -185,6 +166,12 @@ def run(cfg: SampledConfig, progress: bool = True) -> dict:
                                           +1, cfg.effect)
                                 for lr in grids[o][0]} for s in sets}
 
+    # rliable's IQM and probability of improvement beside the paired means (secondary)
+    robust = {o: {mode: rliable_rows({s: (per_seed[mode][o]["group_std"][s],
+                                          per_seed[mode][o]["none"][s]) for s in sets},
+                                     ("group_std", "none"), f"final mean π*, {mode} LR")
+                  for mode in ("shared", "tuned")}
+              for o in cfg.optimizers} if len(pair) == 2 else {}
     table, shared_rows, tuned_rows = _tables(cfg, feats.name, sets, grids, res, tuned,
                                              comparisons)
     out.write_text("table.md", table)
@@ -204,7 +191,7 @@ def run(cfg: SampledConfig, progress: bool = True) -> dict:
                   for o in cfg.optimizers},
         "per_seed": {f"{o}/{s}/{m}/{lr}": res[(o, s, m, lr)].mean_pi[:, -1]
                      for (o, s, m, lr) in res},
-        "comparisons": comparisons, "gap_by_lr": gap_by_lr,
+        "comparisons": comparisons, "gap_by_lr": gap_by_lr, "rliable": robust,
         "figures": figs, "run_dir": str(out.path),
     }
     out.finish(summary)
@@ -357,4 +344,6 @@ def report_rows(s: dict) -> list[list]:
                 [f"Hard gap − Easy gap ({label})", "Std helps most on Hard (> 0)",
                  by["hard-easy"]["text"], by["hard-easy"]["verdict"]],
             ]
+            rows += [[f"{r['what']}, {r['slice'].capitalize()} ({label})", "(not reported)",
+                      r["text"], r["cell"]] for r in s.get("rliable", {}).get(o, {}).get(mode, [])]
     return rows

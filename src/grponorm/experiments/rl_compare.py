@@ -13,6 +13,13 @@ processes or a Ray cluster):
 with intervals and verdicts (``rl_compare_stats``): shared LR, tuned LR per normalizer, SGD, and
 by base pass rate -> table and summary.
 
+Analysis only (``analyze_only``, ``--analyze-only --grid-dir DIR``): the finished runs of a grid
+folder are read as they are -- nothing is trained, measured or written there -- and the table,
+figure and summary go to a new run folder under ``out`` (``runs/rl_compare/<stamp>/`` by
+default), so a committed grid (``results/``) is never rewritten. ``pilot_dir`` names a pilot grid
+whose seeds are pooled into the pre-registered all-seeds rows (``rl_compare_stats``); its runs
+must have the grid's settings, run by run, or the analysis stops.
+
 Resumable at run granularity: ``grid_dir=DIR`` (or re-running ``reproduce``) skips finished
 runs (those with ``summary.json``) and resumes interrupted ones from their last checkpoint, with
 the settings the grid was started with (``workers``, ``executor``, ``ray_address``,
@@ -37,9 +44,23 @@ from ..rl.config import TrainConfig, load_saved_config
 from ..rl.problems import build_problems
 from ..rl.summary import read_metrics, summary_cells, summary_window
 from ..runs import Run, environment, markdown_table
-from .grid import GridError, Job, Result, plan, run_jobs
-from .rl_compare_spread import measure_spread
-from .rl_compare_stats import METRICS, PAPER, bin_comparisons, comparisons
+from ..stats.paired import Verdict
+from .grid import GridError, Job, plan, run_jobs
+from .rl_compare_spread import histogram_figure, measure_spread
+from .rl_compare_stats import (
+    INTERACTION,
+    METRICS,
+    PAPER,
+    PREREGISTRATION,
+    TUNED_PREREGISTRATION,
+    base_rates,
+    bin_comparisons,
+    comparisons,
+    preregistration_mismatches,
+    rliable_inputs,
+    rliable_rows,
+)
+from .rows import VerdictCell
 
 
 @dataclass
@@ -70,7 +91,10 @@ class CompareConfig(TrainConfig):
     gpus_per_run: float = 1.0  # GPU share of one run (0.5 = two runs per GPU)
     run_memory_gb: float = 1.1  # host memory of one CPU run (the embedded model in fp32: ~1.1)
     primary_window: int = 10  # the primary metric: train accuracy over the last N steps
-    analyze_only: bool = False  # no training: rebuild table, figure, summary from finished runs
+    analyze_only: bool = False  # no training: table, figure, summary of grid_dir's finished runs
+    # (written to a new run folder under out; the grid folder is only read)
+    pilot_dir: str = ""  # a pilot grid pooled into the pre-registered all-seeds rows
+    rliable_reps: int = 2000  # bootstrap resamples of the rliable rows (IQM, P(improvement))
 
 
 #: The field ``reproduce`` sets to continue an interrupted grid (finished runs are skipped).
@@ -78,6 +102,11 @@ CONTINUE_FIELD = "grid_dir"
 #: How a grid runs, not what it computes: taken from the invocation that continues a grid.
 EXECUTION_FIELDS = ("workers", "executor", "ray_address", "gpus_per_run", "run_memory_gb",
                     "analyze_only")
+#: How a grid is read, not what it trained: taken from the invocation too (``out`` is where an
+#: analysis goes; a continued training grid writes into its own folder).
+ANALYSIS_FIELDS = ("out", "pilot_dir", "rliable_reps")
+#: Fields of a run's saved config that differ between runs of one setting (pooling check).
+PER_RUN_FIELDS = ("seed", "run_dir", "out", "resume")
 
 
 @dataclass(frozen=True)
@@ -159,7 +188,9 @@ def _figure(cfg: CompareConfig, curves: dict, path: Path) -> None:
 
 def _settings(cfg: CompareConfig) -> CompareConfig:
     """A new grid's settings, or those a continued grid (``grid_dir``) was started with. Old
-    compare folders (a ``resume`` field in config.json) read the same."""
+    compare folders (a ``resume`` field in config.json) read the same. More seeds extend a
+    training grid (saved in its config.json); an analysis (``analyze_only``) reads the saved
+    seeds and writes nothing into the grid folder."""
     if cfg.resume:
         raise ValueError("resume is set per run of the grid; continue a compare folder with "
                          "grid_dir (--grid-dir)")
@@ -170,12 +201,12 @@ def _settings(cfg: CompareConfig) -> CompareConfig:
         raise FileNotFoundError(f"cannot continue: {path / 'config.json'} not found")
     saved = load_saved_config(path, CompareConfig)
     seeds = list(saved.seeds)
-    if set(saved.seeds) < set(cfg.seeds):  # more seeds of the same grid: extend it, in order
+    if set(saved.seeds) < set(cfg.seeds) and not cfg.analyze_only:  # extend it, in order
         seeds += [s for s in cfg.seeds if s not in saved.seeds]
         extended = dataclasses.replace(saved, seeds=seeds)
         Run(path).write_json("config.json", {"config": extended, "environment": environment()})
     return dataclasses.replace(saved, resume="", grid_dir=str(path), seeds=seeds,
-                               **{k: getattr(cfg, k) for k in EXECUTION_FIELDS})
+                               **{k: getattr(cfg, k) for k in EXECUTION_FIELDS + ANALYSIS_FIELDS})
 
 
 def run(cfg: CompareConfig, progress: bool = True) -> dict:
@@ -189,19 +220,14 @@ def run(cfg: CompareConfig, progress: bool = True) -> dict:
     for norm in cfg.normalizers:  # fail fast, before any training
         train_config(cfg, norm, cfg.slices[0], cfg.seeds[0], Path(".")).validate()
     todo = grid(cfg)
+    if cfg.analyze_only:
+        return _analyze(cfg, todo)
     how = plan(len(todo), workers=cfg.workers, executor=cfg.executor,
                ray_address=cfg.ray_address, threads=cfg.threads, device=cfg.device,
                gpus_per_run=cfg.gpus_per_run, run_memory_gb=cfg.run_memory_gb)
     out = Run(Path(cfg.grid_dir)) if cfg.grid_dir else Run.create(cfg.out, "rl_compare", cfg)
     spread = None
-    if cfg.analyze_only:  # the finished runs as they are: nothing is trained or measured
-        if out.file("spread.json").is_file():
-            spread = json.loads(out.file("spread.json").read_text())
-        todo = [pt for pt in todo if (out.path / "runs" / pt.folder(cfg) / "summary.json")
-                .is_file()]
-        if not todo:
-            raise ValueError(f"analyze_only: no finished run under {out.path / 'runs'}")
-    elif cfg.measure_spread:
+    if cfg.measure_spread:
         spread_file = out.file("spread.json")
         if spread_file.is_file():
             spread = json.loads(spread_file.read_text())
@@ -215,27 +241,101 @@ def run(cfg: CompareConfig, progress: bool = True) -> dict:
                 train_config(cfg, pt.normalizer, pt.slice, pt.seed,
                              out.path / "runs" / pt.folder(cfg), pt.optimizer, pt.lr))
             for pt in todo]
-    results = (run_jobs(jobs, how, progress, status_file=out.file("progress.json"))
-               if not cfg.analyze_only else [_finished(job) for job in jobs])
+    results = run_jobs(jobs, how, progress, status_file=out.file("progress.json"))
     failed = [r for r in results if not r.ok]
     if failed:
         raise GridError(
             f"{len(failed)} of {len(results)} runs failed; the others finished. Fix the cause "
             f"and continue with --grid-dir {out.path}:\n"
             + "\n".join(f"  {r.run_dir}: {r.error} (traceback in error.txt there)" for r in failed))
+    points, curves = _collect(cfg, todo, [(Path(r.run_dir), r.summary) for r in results])
+    return _finish(cfg, out, out.path, points, curves, spread)
+
+
+def _analyze(cfg: CompareConfig, todo: list[Point]) -> dict:
+    """``analyze_only``: the finished runs of ``grid_dir`` (those with ``summary.json``) as they
+    are; the table, figure and summary go to a new run folder under ``out``."""
+    if not cfg.grid_dir:
+        raise ValueError("analyze_only reads a grid folder: give grid_dir (--grid-dir)")
+    grid_path = Path(cfg.grid_dir)
+    done = [pt for pt in todo if (grid_path / "runs" / pt.folder(cfg) / "summary.json").is_file()]
+    if not done:
+        raise ValueError(f"analyze_only: no finished run under {grid_path / 'runs'}")
+    spread_file = grid_path / "spread.json"
+    spread = json.loads(spread_file.read_text()) if spread_file.is_file() else None
+    pilot = _pilot(cfg, grid_path, done) if cfg.pilot_dir else None
+    points, curves = _collect(cfg, done, [_finished(grid_path, pt, cfg) for pt in done])
+    out = Run.create(cfg.out, "rl_compare", cfg)
+    return _finish(cfg, out, grid_path, points, curves, spread, pilot)
+
+
+def _collect(cfg: CompareConfig, pts: list[Point], runs: list[tuple[Path, dict]]):
+    """``points`` (point key -> per-seed summaries with the window metrics) and ``curves``
+    (``(point key, seed)`` -> train records) of finished runs, read from their folders."""
     points, curves = {}, {}
-    for pt, res in zip(todo, results, strict=True):
-        recs = read_metrics(res.run_dir, None)  # train and eval records
+    for pt, (run_dir, summary) in zip(pts, runs, strict=True):
+        recs = read_metrics(run_dir, None)  # train and eval records
         points.setdefault(pt.key, []).append(
-            {**res.summary, **window_metrics(recs, cfg.primary_window)})
+            {**summary, **window_metrics(recs, cfg.primary_window)})
         curves[(pt.key, pt.seed)] = [r for r in recs if r.get("kind") == "train"]
-    return _finish(cfg, out, points, curves, spread)
+    return points, curves
 
 
-def _finished(job: Job) -> Result:
-    """A finished run's result, read from its folder (``analyze_only``)."""
-    path = Path(job.config.run_dir)
-    return Result(job.key, str(path), json.loads((path / "summary.json").read_text()))
+def _run_settings(run_dir: Path) -> tuple[dict, dict]:
+    """A finished run's saved settings (less :data:`PER_RUN_FIELDS`) and environment."""
+    saved = json.loads((run_dir / "config.json").read_text())
+    return ({k: v for k, v in saved["config"].items() if k not in PER_RUN_FIELDS},
+            saved.get("environment", {}))
+
+
+def _pilot(cfg: CompareConfig, grid_path: Path, done: list[Point]) -> dict:
+    """The pilot grid of ``pilot_dir``: its finished main-grid runs, each checked against the
+    grid's run of the same slice and normalizer (every saved setting but the seed and the
+    folders must be equal; otherwise ValueError: the seeds are not pooled).
+
+    Returns:
+        ``{"dir", "seeds", "points", "settings", "environment"}``: the pilot's points as
+        :func:`_collect` gives them; ``settings`` says what was compared; ``environment``
+        whether the runs' recorded environments (versions, platform, cores) were equal too.
+    """
+    path = Path(cfg.pilot_dir)
+    pcfg = load_saved_config(path, CompareConfig)
+    main = [pt for pt in grid(pcfg) if (pt.optimizer, pt.lr) == (pcfg.optimizer, pcfg.lr)
+            and (path / "runs" / pt.folder(pcfg) / "summary.json").is_file()]
+    if not main:
+        raise ValueError(f"pilot_dir: no finished run under {path / 'runs'}")
+    overlap = sorted({pt.seed for pt in main} & {pt.seed for pt in done})
+    if overlap:
+        raise ValueError(f"pilot_dir: seeds {overlap} are in the pilot and in the grid; a "
+                         "pooled seed must come from one of them")
+    ref = {}
+    for pt in done:
+        if (pt.optimizer, pt.lr) == (cfg.optimizer, cfg.lr):
+            ref.setdefault((pt.slice, pt.normalizer), grid_path / "runs" / pt.folder(cfg))
+    same_env = True
+    for pt in main:
+        if (pt.slice, pt.normalizer) not in ref:
+            raise ValueError(f"pilot_dir: the grid has no finished {pt.slice}/{pt.normalizer} "
+                             "run to check the pilot's against")
+        (mine, env), (theirs, env0) = (_run_settings(path / "runs" / pt.folder(pcfg)),
+                                       _run_settings(ref[(pt.slice, pt.normalizer)]))
+        differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        if differ:
+            raise ValueError(f"pilot_dir: {path / 'runs' / pt.folder(pcfg)} differs from "
+                             f"{ref[(pt.slice, pt.normalizer)]} in {differ}: its seeds are not "
+                             "pooled with the grid's")
+        same_env &= env == env0
+    points, _ = _collect(cfg, main, [_finished(path, pt, pcfg) for pt in main])
+    return {"dir": str(path), "seeds": sorted({pt.seed for pt in main}), "points": points,
+            "settings": "identical to the grid's, run by run, except "
+                        + ", ".join(PER_RUN_FIELDS),
+            "environment": "identical" if same_env else "differs (versions or machine)"}
+
+
+def _finished(grid_path: Path, pt: Point, cfg: CompareConfig) -> tuple[Path, dict]:
+    """A finished run's folder and summary, read from the grid folder (``analyze_only``)."""
+    run_dir = grid_path / "runs" / pt.folder(cfg)
+    return run_dir, json.loads((run_dir / "summary.json").read_text())
 
 
 def window_metrics(recs: list[dict], window: int) -> dict:
@@ -265,44 +365,85 @@ def _entry(rs: list[dict]) -> dict:
             **{f"{k}_seeds": [r.get(k) for r in rs] for k in METRICS}}
 
 
-def _finish(cfg: CompareConfig, out: Run, points: dict, curves: dict, spread) -> dict:
+def preregistered(cfg: CompareConfig) -> tuple[bool, bool, list[str]]:
+    """Whether the grid is docs/e6-preregistration.md's (its settings; the seeds are checked
+    per reading) and whether its AdamW sweep is docs/e6-tuned-preregistration.md's, with the
+    settings that differ from the pre-registered ones."""
+    mismatches = preregistration_mismatches(dataclasses.asdict(cfg))
+    tuned = TUNED_PREREGISTRATION
+    swept = sorted({cfg.lr, *map(float, cfg.lrs)})
+    tuned_ok = (not mismatches and len(swept) == len(tuned["lrs"])
+                and all(np.isclose(swept, tuned["lrs"], rtol=1e-9))
+                and set(tuned["slices"]) <= set(cfg.sweep_slices) and not cfg.sweep_seeds)
+    return not mismatches, tuned_ok, mismatches
+
+
+def _finish(cfg: CompareConfig, out: Run, grid_path: Path, points: dict, curves: dict, spread,
+            pilot: dict | None = None) -> dict:
     _figure(cfg, curves, out.file("accuracy.png"))
+    if spread and not out.file("success_hist.png").is_file():  # an analysis: drawn again
+        histogram_figure(spread, cfg.pass_rate_k, out)
     entries = {k: _entry(rs) for k, rs in points.items()}
     arms = (cfg.normalizers[0], cfg.normalizers[1]) if len(cfg.normalizers) > 1 else None
-    rows, bins = [], []
+    prereg, tuned_prereg, mismatches = preregistered(cfg)
+    rows, bins, robust, bases = [], [], [], {}
     if arms:
+        shared = (cfg.optimizer, cfg.lr)
         sweeps = {"adamw": sorted({cfg.lr, *map(float, cfg.lrs)}) if cfg.optimizer == "adamw"
                   else [float(x) for x in cfg.lrs], "sgd": [float(x) for x in cfg.sgd_lrs]}
         if cfg.optimizer == "sgd":
             sweeps["sgd"] = sorted({cfg.lr, *sweeps["sgd"]})
-        rows = comparisons(points, cfg.slices, arms, (cfg.optimizer, cfg.lr),
-                           {k: v for k, v in sweeps.items() if v}, cfg.sweep_slices)
+        rows = comparisons(points, cfg.slices, arms, shared,
+                           {k: v for k, v in sweeps.items() if v}, cfg.sweep_slices,
+                           preregistered=prereg, pilot=pilot["points"] if pilot else None,
+                           tuned_preregistered=tuned_prereg)
+        first = "confirmatory" if any(r.get("reading") == "confirmatory" for r in rows) \
+            else "shared"
+        what = {"confirmatory": "shared LR, confirmatory seeds",
+                "shared": f"shared LR ({cfg.optimizer}, {cfg.lr:g})"}[first]
+        robust = rliable_rows(rliable_inputs(rows, first), arms, what, cfg.rliable_reps)
+        robust += rliable_rows(rliable_inputs(rows, "tuned"), arms, "cross-fitted tuned LR",
+                               cfg.rliable_reps)
+        bases = base_rates(points, cfg.slices, arms, shared)
         if spread and cfg.task == "arithmetic":
             pool, _ = build_problems(train_config(cfg, arms[0], "all", 0, out.path))
             questions = {p.id: p.question for p in pool}
             for s in cfg.slices:
                 bins += bin_comparisons(curves, spread["rates"], questions, s, arms,
-                                        (cfg.optimizer, cfg.lr), cfg.bins)
-    out.write_text("table.md", _table(cfg, entries, rows, bins, spread))
+                                        shared, cfg.bins)
+    out.write_text("table.md", _table(cfg, entries, rows + robust, bins, spread, bases))
     # the main grid under "slice/normalizer" (what the report and older readers key on)
     main = {f"{k.split('/')[0]}/{k.split('/')[1]}": e for k, e in entries.items()
             if k.endswith(f"/{cfg.optimizer}/lr{cfg.lr:g}")}
+    runs = [r for rs in points.values() for r in rs]
     summary = {
         "run_dir": str(out.path),
+        "grid_dir": str(grid_path),
         "figures": ["accuracy.png"] + (["success_hist.png"] if spread else []),
         "results": main,
         "points": entries,
         "comparisons": rows,
+        "rliable": robust,
+        "base_rates": bases,
         "primary_window": cfg.primary_window,
+        "preregistration": {**PREREGISTRATION, "applies": prereg, "mismatches": mismatches,
+                            "rule": "confirmatory seeds: 95% intervals, the verdict rows; the "
+                                    "extension (a second look): alpha split over the looks "
+                                    "(Bonferroni), 1 - alpha / looks intervals and TOST"},
+        "tuned_preregistration": {**TUNED_PREREGISTRATION, "applies": tuned_prereg},
+        "pilot": {k: v for k, v in pilot.items() if k != "points"} if pilot else None,
         "bins": bins,
         "spread": {k: v for k, v in (spread or {}).items() if k != "rates"} or None,
+        "runs": len(runs),
+        "runs_wall_time_s": round(sum(float(r.get("wall_time_s") or 0.0) for r in runs), 1),
         "environment": environment(),
     }
     out.finish(summary)
     return summary
 
 
-def _table(cfg: CompareConfig, entries: dict, rows: list, bins: list, spread) -> str:
+def _table(cfg: CompareConfig, entries: dict, rows: list, bins: list, spread,
+           bases: dict) -> str:
     window = next(iter(entries.values()))["window"]
     header = ["slice / normalizer / optimizer / lr", "seeds", f"train acc first {window}",
               f"train acc last {window}", "eval start", "eval end", "zero-var groups",
@@ -310,9 +451,19 @@ def _table(cfg: CompareConfig, entries: dict, rows: list, bins: list, spread) ->
     text = markdown_table(header, [[k, e["n_seeds"], *summary_cells(e)] for k, e in
                                    entries.items()])
     cmp_header = ["comparison (Std − No-Std, paired by seed)", "slice", "metric",
-                  "difference [95% CI], n: verdict"]
-    text += "\n" + markdown_table(cmp_header, [[r["what"], r["slice"], r["metric"],
-                                                f"{r['text']}: {r['cell']}"] for r in rows + bins])
+                  "difference [CI], n: verdict"]
+    text += "\n" + markdown_table(cmp_header, [[r["what"], r["slice"],
+                                                r.get("metric", METRICS[0]),
+                                                f"{r['text']}: {r['cell']}"]
+                                               for r in _ordered(rows) + bins])
+    if bases:
+        text += "\nTraining accuracy level of the main grid (both arms, every seed):\n\n"
+        text += markdown_table(
+            ["slice", "runs", f"train acc first {window}",
+             f"train acc last {cfg.primary_window} (primary)", "paper (both arms)"],
+            [[s, b["runs"], b["acc_start"], b["acc_primary"],
+              "-" if not b["paper"] else f"{b['paper'][0]}–{b['paper'][-1]}%"]
+             for s, b in bases.items()])
     if spread:
         hist = [[name, v["n"], v["per_sample_acc"], " ".join(map(str, v["hist"])),
                  v["frac_zero_variance_groups"]]
@@ -321,6 +472,21 @@ def _table(cfg: CompareConfig, entries: dict, rows: list, bins: list, spread) ->
             ["slice / level", "questions", "per-sample acc", "histogram (0..k correct)",
              "zero-var groups"], hist)
     return text
+
+
+#: The order rows are shown in: the pre-registered primary reading first (confirmatory, then
+#: all seeds, then the extension), the tuned LR, then the secondary metrics and readings.
+READINGS = ("confirmatory", "shared", "all seeds", "extension", "tuned", "interaction",
+            "fixed LR")
+
+
+def _ordered(rows: list[dict]) -> list[dict]:
+    """``rows`` in :data:`READINGS` order, the primary metric first (stable otherwise)."""
+    def rank(r):
+        reading = r.get("reading")
+        return (r.get("metric") not in (METRICS[0], None) and reading != "interaction",
+                READINGS.index(reading) if reading in READINGS else len(READINGS))
+    return sorted(rows, key=rank)
 
 
 # ------------------------------------------------------------------------------ report
@@ -353,20 +519,53 @@ METRIC_LABELS = {
 }
 
 
+#: How far (a fraction) a slice's training accuracy may sit outside the paper's range before
+#: the base-rate row says it differs (the regimes are then not comparable).
+BASE_RATE_TOLERANCE = 0.10
+
+
+def _slice_label(s: str) -> str:
+    return "Hard − Easy" if s == INTERACTION else s.capitalize()
+
+
 def report_rows(s: dict) -> list[list]:
-    """Paper-vs-ours rows: every comparison of the summary, with its interval, n and verdict;
-    the held-out accuracy as measured context."""
+    """Paper-vs-ours rows: every comparison of the summary, with its interval, n and verdict
+    (the pre-registered reading first), rliable's estimates, the training accuracy level
+    against the paper's (the base-rate caveat) and the pass-rate bins."""
     rows = []
-    for c in s.get("comparisons", []):
+    for c in _ordered(s.get("comparisons", [])):
         paper = PAPER.get(c["slice"])
         ref = f"≈{paper['group_std']}% vs {paper['none']}%" if paper else "-"
         if c["metric"].startswith("eval"):
             ref = "(not reported)"
         label = METRIC_LABELS.get(c["metric"], c["metric"]).format(
             window=s.get("primary_window", 10))
-        ours = (f"{c['mean_a']:.3f} vs {c['mean_b']:.3f}; Std − No-Std {c['text']}"
-                if c["mean_a"] is not None else c["text"])
-        rows.append([f"{c['slice'].capitalize()}: {label}, {c['what']}", ref, ours, c["cell"]])
+        if c.get("reading") == "interaction":
+            ours = (f"Hard gap {c['mean_a']:+.3f} vs Easy gap {c['mean_b']:+.3f}; difference "
+                    f"{c['text']}" if c["mean_a"] is not None else c["text"])
+        else:
+            ours = (f"{c['mean_a']:.3f} vs {c['mean_b']:.3f}; Std − No-Std {c['text']}"
+                    if c["mean_a"] is not None else c["text"])
+        rows.append([f"{_slice_label(c['slice'])}: {label}, {c['what']}", ref, ours, c["cell"]])
+    for c in s.get("rliable", []):
+        rows.append([f"{_slice_label(c['slice'])}: {c['what']}", "(not reported)", c["text"],
+                     c["cell"]])
+    for sl, b in (s.get("base_rates") or {}).items():
+        if not b.get("paper"):
+            continue
+        lo, hi = b["paper"][0] / 100, b["paper"][-1] / 100
+        off = b["acc_primary"] < lo - BASE_RATE_TOLERANCE or b["acc_primary"] > hi + \
+            BASE_RATE_TOLERANCE
+        cell = (f"{Verdict.DIFFERS.value}: a different regime from the paper's (more than "
+                f"{100 * BASE_RATE_TOLERANCE:.0f} pp outside its range), which bounds what "
+                "this slice can say about the paper's gap" if off
+                else f"{Verdict.MEASURED.value} (within {100 * BASE_RATE_TOLERANCE:.0f} pp of "
+                     "the paper's range)")
+        rows.append([f"{sl.capitalize()}: training accuracy level (base-rate caveat)",
+                     f"≈{b['paper'][0]}–{b['paper'][-1]}%",
+                     f"{b['acc_start']:.3f} over the first steps, {b['acc_primary']:.3f} over "
+                     f"the primary window ({b['runs']} runs, both arms)",
+                     VerdictCell(cell, Verdict.DIFFERS if off else Verdict.MEASURED)])
     direction = {"reproduced": "Std ahead here", "contradicted": "Std behind here"}
     for c in s.get("bins", []):
         cell = direction.get(c["verdict"], c["cell"]) if c["n"] > 1 else c["cell"]

@@ -111,6 +111,21 @@ def _img_tag(path: Path) -> str:
     return f'<p><img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}"></p>'
 
 
+def _provenance(rec: dict) -> str:
+    """Where a section's numbers come from and how long they took: ``wall time 12.3 s (ran
+    now)``, ``(reused from an earlier run)``, or for a report rebuilt from committed results
+    ``from results (committed in abc1234 (2026-12-01)); wall time 5210.4 s (summed over its 160
+    runs)``."""
+    source = rec.get("from_results")
+    if source:
+        wall = source.get("wall_time_s")
+        timed = ("wall time not recorded" if wall is None
+                 else f"wall time {wall} s ({source['wall_time_what']})")
+        return f"from results, {source['commit']}; {timed}"
+    ran = "reused from an earlier run" if rec.get("skipped") else "ran now"
+    return f"wall time {rec['wall_time_s']} s ({ran})"
+
+
 def write_report(root: Path, experiments, records: list[dict], meta: dict) -> Path:
     """Write root/report.html and root/report.md; return the HTML path."""
     root = Path(root)
@@ -138,13 +153,11 @@ def write_report(root: Path, experiments, records: list[dict], meta: dict) -> Pa
             continue
         s = rec["summary"]
         rows = _rows(exp, s, root / exp.eid / "done.json")
-        ran = "reused from an earlier run" if rec.get("skipped") else "ran now"
-        h.append(f"<p class='meta'>Paper: {html.escape(exp.paper)} · wall time "
-                 f"{rec['wall_time_s']} s ({ran}) · run folder <code>"
-                 f"{html.escape(str(s.get('run_dir')))}</code></p>")
+        where = _provenance(rec)
+        h.append(f"<p class='meta'>Paper: {html.escape(exp.paper)} · {html.escape(where)} · "
+                 f"run folder <code>{html.escape(str(s.get('run_dir')))}</code></p>")
         h.append(_html_table(rows))
-        md += [f"Paper: {exp.paper} · wall time {rec['wall_time_s']} s ({ran}) · "
-               f"`{s.get('run_dir')}`", "", _md_table(rows), ""]
+        md += [f"Paper: {exp.paper} · {where} · `{s.get('run_dir')}`", "", _md_table(rows), ""]
         for fig in _figures(s):
             h.append(_img_tag(fig))
             md += [f"![{fig.name}]({_relative(fig, root)})", ""]

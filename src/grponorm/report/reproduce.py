@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -134,19 +135,57 @@ def reproduce(profile: str = "quick", only: list[str] | None = None, out: str | 
     return render.write_report(root, sections, records, meta)
 
 
-#: The committed results a report is rebuilt from (``results/``): paper id -> folder. E6 is
-#: re-analysed from its per-run summaries and metrics (``rl compare --analyze-only``: nothing is
-#: trained); the others' summaries are read as they were written.
-RESULTS = {"E3": "e3-cpu", "E5": "e5-cpu", "E6": "e6-cpu/confirm"}
+#: The committed results a report is rebuilt from (``results/``): report section -> (paper id,
+#: folder). E6 is re-analysed from its per-run summaries and metrics (``rl compare
+#: --analyze-only``: nothing is trained), its pilot pooled into the pre-registered all-seeds rows
+#: and its tuned-LR grid in a section of its own; the others' summaries are read as they were
+#: written. Nothing is written under ``results/``.
+RESULTS = {"E3": "e3-cpu", "E5": "e5-cpu", "E6": "e6-cpu/confirm", "E6-tuned": "e6-tuned"}
+#: E6's pilot grid (seeds 0-7), under the results folder.
+E6_PILOT = "e6-cpu/pilot"
+#: Sections that are not a paper experiment's own: section -> (paper id, title of its part).
+PARTS = {"E6-tuned": ("E6", "learning rate tuned per arm (cross-fitted, "
+                            "docs/e6-tuned-preregistration.md)")}
+
+
+def _commit(folder: Path) -> str:
+    """Which commit holds ``folder``: ``committed in <hash> (<date>)`` from ``git log`` (read
+    only), with a note when its files differ from that commit; what is known otherwise."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(folder), *args], capture_output=True,
+                              text=True, timeout=60)
+
+    try:
+        log = git("log", "-1", "--format=%h %cs", "--", ".")
+    except FileNotFoundError:
+        return "commit not known (git is not installed)"
+    if log.returncode != 0 or not log.stdout.strip():
+        return "commit not known (not in a git repository's history)"
+    commit, date = log.stdout.split()
+    changed = git("status", "--porcelain", "--", ".").stdout.strip()
+    return f"committed in {commit} ({date})" + (", with local changes" if changed else "")
+
+
+def _provenance(eid: str, folder: Path, summary: dict) -> dict:
+    """Where a rebuilt section's numbers come from: the results' commit and the runs' wall
+    time (E6: summed over its runs, from their summaries; the others: the experiment's own)."""
+    if eid == "E6":
+        wall, what = summary.get("runs_wall_time_s"), f"summed over its {summary.get('runs')} runs"
+    else:
+        wall, what = summary.get("wall_time_s"), "the experiment's run"
+    return {"commit": _commit(folder), "wall_time_s": wall, "wall_time_what": what,
+            "folder": str(folder)}
 
 
 def rebuild(results: str | Path = "results", out: str | Path | None = None,
             progress: bool = True) -> Path:
-    """report.html / report.md from the committed results, without training anything.
+    """report.html / report.md from the committed results, without training anything and
+    without writing anything under ``results`` (E6's analysis goes to ``out``).
 
     Args:
         results: the folder of :data:`RESULTS` (the repository's ``results/``).
-        out: where the report goes (default ``runs/reproduce-results``).
+        out: where the report goes (default ``runs/reproduce-results``), with E6's analysis
+            folders (``<out>/E6``, ``<out>/E6-tuned``).
     """
     root = Path(results)
     if not root.is_dir():
@@ -155,24 +194,35 @@ def rebuild(results: str | Path = "results", out: str | Path | None = None,
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     sections, records = [], []
-    for eid, name in RESULTS.items():
+    for key, name in RESULTS.items():
+        eid, part = PARTS.get(key, (key, ""))
         exp = by_id(eid)
         mod, cls = exp.load()
         folder = root / name
-        sections.append(section(exp, mod))
+        sec = section(exp, mod)
+        if part:
+            sec = Section(key, f"{mod.TITLE}: {part}", sec.paper, sec.rows)
+        sections.append(sec)
         if not (folder / "config.json").is_file():
-            records.append({"eid": eid, "status": "not in the results",
+            records.append({"eid": key, "status": "not in the results",
                             "reason": f"{folder / 'config.json'} not found"})
             continue
         if eid == "E6":
-            summary = mod.run(cls(grid_dir=str(folder), analyze_only=True), progress=progress)
-        else:
-            summary = json.loads((folder / "summary.json").read_text())
-        summary = {**summary, "run_dir": str(folder),  # figures that were committed only
-                   "figures": [f for f in summary.get("figures", []) if (folder / f).is_file()]}
-        records.append({"eid": eid, "status": "done", "profile": "cpu", "summary": summary,
+            pilot = root / E6_PILOT
+            cfg = cls(grid_dir=str(folder), analyze_only=True, out=str(out / key),
+                      pilot_dir=str(pilot) if key == "E6" and (pilot / "config.json").is_file()
+                      else "")
+            summary = mod.run(cfg, progress=progress)
+        else:  # E5: the pooled Table 1 recomputed from its train/metrics.jsonl (read only)
+            summary = (mod.reanalyze(folder) if eid == "E5"
+                       else json.loads((folder / "summary.json").read_text()))
+            summary = {**summary, "run_dir": str(folder),  # figures that were committed only
+                       "figures": [f for f in summary.get("figures", [])
+                                   if (folder / f).is_file()]}
+        source = _provenance(eid, folder, summary)
+        records.append({"eid": key, "status": "done", "profile": "cpu", "summary": summary,
                         "config": json.loads((folder / "config.json").read_text())["config"],
-                        "wall_time_s": summary.get("wall_time_s")})
+                        "wall_time_s": source["wall_time_s"], "from_results": source})
     meta = {"profile": "cpu",
             "command": "grponorm " + " ".join(sys.argv[1:]), "environment": environment(),
             "wall_time_s": round(time.time() - t0, 1), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
