@@ -226,3 +226,31 @@ def test_sampled_rejects_small_groups():
     f, a, z0, _ = _instance()
     with pytest.raises(ValueError, match="G"):
         simulate_sampled(f, a, z0, normalizer="group_std", eta=1.0, T=3, G=1)
+
+
+def test_sampled_normalizer_gets_the_bandits_context():
+    """A normalizer that needs prompt ids and components gets each question's index and its one
+    reward as the only component; one that needs lengths is refused (the bandit has none)."""
+    from grponorm.normalizers import NORMALIZERS, SPECS, register_normalizer
+
+    seen = []
+
+    def spy(rewards, *, prompt_ids, components):
+        seen.append((list(prompt_ids), np.array(components), np.array(rewards)))
+        return rewards - rewards.mean(axis=1, keepdims=True)
+
+    f, a, z0, _ = _instance(n=4, K=3, pi0=0.3)
+    try:
+        register_normalizer("_t_spy", context=("prompt_ids", "components"))(spy)
+        spied = simulate_sampled(f, a, z0, normalizer="_t_spy", eta=1.0, T=3, G=4)
+        plain = simulate_sampled(f, a, z0, normalizer="none", eta=1.0, T=3, G=4)
+    finally:
+        NORMALIZERS.pop("_t_spy", None)
+        SPECS.pop("_t_spy", None)
+    assert len(seen) == 3
+    for ids, comps, rewards in seen:
+        assert ids == ["0", "1", "2", "3"]  # the question index, validated to strings
+        assert comps.shape == (4, 4, 1) and np.array_equal(comps[..., 0], rewards)
+    np.testing.assert_array_equal(spied.mean_pi, plain.mean_pi)  # the same formula as none
+    with pytest.raises(ValueError, match="needs \\['lengths'\\], which the bandit has not"):
+        simulate_sampled(f, a, z0, normalizer="opo", eta=1.0, T=3, G=4)

@@ -206,6 +206,40 @@ def test_auto_workers_from_cores_memory_and_gpus(monkeypatch):
     assert grid.plan(10, executor="ray", threads=3).threads == 3
 
 
+def test_workers_above_what_the_machine_runs_are_refused(monkeypatch):
+    monkeypatch.setattr(grid, "cores", lambda: 2)
+    monkeypatch.setattr(grid, "memory_available_gb", lambda: 100.0)
+    with pytest.raises(ValueError, match=r"workers=99: 10 runs at once, but this machine has 2 "
+                                         r"core\(s\).*run 2 at once with one thread each; use "
+                                         r"--workers 2 or fewer"):
+        grid.plan(10, workers=99, device="cpu")
+    with pytest.raises(ValueError, match=r"run 1 at once with 2 thread\(s\) each; use "
+                                         r"--workers 1 or fewer"):
+        grid.plan(10, workers=2, threads=2, device="cpu")
+    assert (grid.plan(10, workers=2, device="cpu").workers,
+            grid.plan(1, workers=4, device="cpu").workers) == (2, 1)  # 1 run: 1 at once
+    monkeypatch.setattr(grid, "memory_available_gb", lambda: 1.5)  # memory is checked first
+    with pytest.raises(ValueError, match="MemAvailable"):
+        grid.plan(10, workers=99, device="cpu")
+    monkeypatch.setattr(grid, "gpu_ids", lambda device: ["0", "1"])
+    with pytest.raises(ValueError, match=r"workers=3: 3 runs at once, but 2 GPU\(s\) at "
+                                         r"gpus_per_run=1 run 2 at once; use --workers 2"):
+        grid.plan(10, workers=3)
+    assert grid.plan(10, workers=4, gpus_per_run=0.5).slots == ("0", "1", "0", "1")
+
+
+def test_cli_refuses_workers_above_the_cores(tmp_path, monkeypatch, capsys):
+    from grponorm.cli import main
+
+    monkeypatch.setattr(grid, "cores", lambda: 2)
+    monkeypatch.setattr(grid, "memory_available_gb", lambda: 100.0)
+    assert main(["rl", "compare", "--workers", "99", "--device", "cpu",
+                 "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "workers=99" in err and "use --workers 2 or fewer" in err
+    assert not (tmp_path / "rl_compare").exists()  # nothing was written
+
+
 def test_a_claimed_run_cannot_be_claimed_twice(tmp_path):
     with grid.claim(tmp_path / "run"):
         with pytest.raises(BlockingIOError), grid.claim(tmp_path / "run", wait=False):

@@ -73,12 +73,13 @@ def test_singletons_and_all_equal_groups_are_exactly_zero_numpy_and_torch():
         for method in ("group_std", "none", "rloo"):
             got, stats = gv.normalize_ragged(x, uids, method)
             assert type(got) is type(x) and got.dtype == x.dtype
-            assert np.all(np.asarray(got)[zero] == 0) and stats.n_zero_variance == 2
+            assert np.all(np.asarray(got)[zero] == 0) and stats.n_flat == 2
+            assert stats.n_zero_adv == 2  # the flat groups, and no other
 
 
 def test_only_singletons_never_calls_the_normalizer():
     got, stats = gv.normalize_ragged(np.array([1.0, 2.0]), ["a", "b"], "rloo")
-    assert got.tolist() == [0.0, 0.0] and stats.frac_zero_variance == 1.0
+    assert got.tolist() == [0.0, 0.0] and stats.frac_flat == stats.frac_zero_adv == 1.0
 
 
 def test_batch_level_normalizer_raises_on_ragged_and_is_exact_on_uniform():
@@ -126,7 +127,7 @@ def test_estimator_broadcasts_over_the_mask_without_verl():
     torch.testing.assert_close(adv[0], torch.zeros(3))  # group p: scores (1, 1), all equal
     torch.testing.assert_close(adv[1], torch.tensor([-q, -q, 0.0], dtype=torch.float32))
     torch.testing.assert_close(adv[3], torch.full((3,), q, dtype=torch.float32))
-    assert fn.last_stats.n_zero_variance == 1
+    assert (fn.last_stats.n_flat, fn.last_stats.n_zero_adv) == (1, 1)
     with pytest.raises(ValueError, match="uid"):
         fn(rewards, mask)
 
@@ -138,6 +139,47 @@ def test_options_from_config():
     assert gv.options_from_config(object()) == {}
     with pytest.raises(TypeError, match="mapping"):
         gv.options_from_config({"grponorm": 1e-4})
+
+
+def test_run_config_options_win_over_the_estimators_own():
+    defaults = {"eps": 1.0, "ddof": 0}
+    config = {"grponorm": {"eps": 1e-4}, "gamma": 1.0}
+    assert gv.merged_options(defaults, config) == {"eps": 1e-4, "ddof": 0}
+    assert gv.merged_options(defaults, None) == defaults
+    assert defaults == {"eps": 1.0, "ddof": 0}  # not changed
+    # through an estimator call: the config's eps is the one applied
+    fn = gv.estimator("group_std", eps=1.0)
+    rewards = torch.tensor([[1.0], [0.0], [1.0], [1.0]])  # (bs, T=1)
+    mask = torch.ones(4, 1)
+    uids = np.array(["p", "p", "q", "q"], dtype=object)
+    got, _ = fn(rewards, mask, index=uids, config={"grponorm": {"eps": 1e-4}})
+    want = normalize(np.array([[1.0, 0.0]]), "group_std", eps=1e-4)[0]
+    np.testing.assert_allclose(got[:2, 0].numpy(), want, rtol=1e-6)
+    got, _ = fn(rewards, mask, index=uids)  # no config: the estimator's own eps
+    want = normalize(np.array([[1.0, 0.0]]), "group_std", eps=1.0)[0]
+    np.testing.assert_allclose(got[:2, 0].numpy(), want, rtol=1e-6)
+
+
+def test_estimator_context_comes_from_the_response_mask():
+    fn = gv.estimator("opo")
+    rewards = torch.tensor([[0.0, 1.0], [0.0, 0.0], [0.0, 0.0], [1.0, 0.0]])  # (bs, T=2)
+    mask = torch.tensor([[1, 1], [1, 0], [1, 1], [1, 0]])  # lengths 2, 1, 2, 1
+    uids = np.array(["a", "a", "b", "b"], dtype=object)
+    got, _ = fn(rewards, mask, index=uids)
+    # group a: scores (1, 0), lengths (2, 1): baseline 2/3; group b: (0, 1), (2, 1): 1/3
+    want = torch.tensor([[1 / 3, 1 / 3], [-2 / 3, 0.0], [-1 / 3, -1 / 3], [2 / 3, 0.0]])
+    torch.testing.assert_close(got, want)
+
+
+def test_stats_metrics_name_flat_and_zero_adv_groups():
+    fn = gv.estimator("batch_zscore")  # moves flat groups: the two counts differ
+    rewards = torch.tensor([[1.0], [1.0], [1.0], [0.0]])
+    fn(rewards, torch.ones(4, 1), index=np.array(["a", "a", "b", "b"], dtype=object))
+    m = gv.stats_metrics(fn.last_stats)
+    assert list(m) == ["grponorm/n_groups", "grponorm/n_flat", "grponorm/frac_flat",
+                       "grponorm/n_zero_adv", "grponorm/frac_zero_adv", "grponorm/adv_mean",
+                       "grponorm/adv_std", "grponorm/adv_abs_max"]
+    assert (m["grponorm/frac_flat"], m["grponorm/frac_zero_adv"]) == (0.5, 0.0)
 
 
 def test_stats_metrics_and_unknown_attribute():
@@ -188,7 +230,7 @@ def test_user_registered_batch_level_normalizer_on_ragged_batches():
         want = ragged_impl(scores, *gv.group_ids(uids))
         want[np.isin(uids, ["u0", "u3"])] = 0.0  # singleton and all-equal group: exactly 0
         np.testing.assert_allclose(got, want, atol=1e-15)
-        assert stats.n_zero_variance == 2
+        assert stats.n_flat == stats.n_zero_adv == 2
     finally:
         NORMALIZERS.pop("_t_batch_max", None)
         SPECS.pop("_t_batch_max", None)

@@ -67,9 +67,10 @@ def test_builtins_registered():
     # The normalizers from the field are tested in test_normalizers_peers.py and
     # test_normalizers_context.py.
     field = ["bnpo", "gpg", "grpo_passk", "mapo"]
-    field += ["batch_zscore", "gdpo", "krpo", "loo_std", "max_rl", "opo",
+    field += ["batch_zscore", "gdpo", "james_stein", "krpo", "loo_std", "max_rl", "opo",
               "reinforce_pp_baseline", "running_std", "shrinkage"]
-    assert available_normalizers() == sorted(BUILTINS + field)
+    oracles = ["oracle_curvature", "oracle_hessian", "oracle_std"]  # the bandit's only
+    assert available_normalizers() == sorted(BUILTINS + field + oracles)
     assert set(EXPECTED) == set(BUILTINS)
 
 
@@ -381,16 +382,19 @@ def test_stats():
     adv, stats = normalize_with_stats(R, "none")
     assert isinstance(stats, AdvantageStats)
     assert stats.n_groups == 3
-    assert stats.n_zero_variance == 1
-    assert stats.frac_zero_variance == pytest.approx(1 / 3)
+    assert stats.n_flat == 1
+    assert stats.frac_flat == pytest.approx(1 / 3)
+    assert (stats.n_zero_adv, stats.frac_zero_adv) == (1, pytest.approx(1 / 3))
     assert stats.adv_mean == pytest.approx(0.0, abs=1e-15)
     assert stats.adv_std == pytest.approx(float(np.std(adv)), rel=1e-12)
     assert stats.adv_abs_max == pytest.approx(0.75)
     d = stats.as_dict()
     assert list(d) == [
         "n_groups",
-        "n_zero_variance",
-        "frac_zero_variance",
+        "n_flat",
+        "frac_flat",
+        "n_zero_adv",
+        "frac_zero_adv",
         "adv_mean",
         "adv_std",
         "adv_abs_max",
@@ -411,8 +415,10 @@ def test_all_zero_variance_stats():
     _, stats = normalize_with_stats(np.full((4, 7), 0.1), "group_std")
     assert stats.as_dict() == {
         "n_groups": 4,
-        "n_zero_variance": 4,
-        "frac_zero_variance": 1.0,
+        "n_flat": 4,
+        "frac_flat": 1.0,
+        "n_zero_adv": 4,
+        "frac_zero_adv": 1.0,
         "adv_mean": 0.0,
         "adv_std": 0.0,
         "adv_abs_max": 0.0,
@@ -457,7 +463,7 @@ def test_new_normalizer_residue_is_zeroed_centrally(scratch_name):
     _, stats = normalize_with_stats(np.array([[0.1] * 7, [0.0, 1.0] * 3 + [0.0]]), scratch_name)
     adv = normalize(np.array([[0.1] * 7]), scratch_name)
     assert (adv == 0.0).all()
-    assert stats.n_zero_variance == 1
+    assert (stats.n_flat, stats.n_zero_adv) == (1, 1)
 
 
 def test_registered_normalizer_with_wrong_shape_is_rejected(scratch_name):
@@ -585,8 +591,9 @@ def test_all_equal_groups_exactly_zero_property(r, data):
     for method in REAL_VALUED:
         adv = normalize(r, method)
         assert np.all(adv[const_rows] == 0.0), method
-        _, stats = normalize_with_stats(r, method)
-        assert stats.n_zero_variance == int((r == r[:, :1]).all(axis=1).sum())
+        adv, stats = normalize_with_stats(r, method)
+        assert stats.n_flat == int((r == r[:, :1]).all(axis=1).sum())
+        assert stats.n_zero_adv == int((adv == 0).all(axis=1).sum()) >= stats.n_flat
 
 
 @PROPERTY_SETTINGS

@@ -48,10 +48,9 @@ def test_specs_declare_batch_level_context_state_and_flat_rule():
     assert get_spec("opo").needs({}) == ("lengths",)
     assert get_spec("gdpo").needs({}) == ("components",)
     assert get_spec("gdpo").needs({"token_weighted": True}) == ("components", "lengths")
-    assert get_spec("krpo").needs({}) == ("prompt_ids",) and get_spec("krpo").has_state({})
-    assert get_spec("krpo").needs({"persist": False}) == () and not get_spec("krpo").has_state(
-        {"persist": False}
-    )
+    assert get_spec("krpo").needs({}) == () and not get_spec("krpo").has_state({})
+    assert get_spec("krpo").needs({"persist": True}) == ("prompt_ids",)
+    assert get_spec("krpo").has_state({"persist": True})
     assert get_spec("running_std").has_state({})
     assert not get_spec("batch_zscore").zeroes_flat({})
     assert get_spec("running_std").zeroes_flat({"mean": "group"})
@@ -63,7 +62,8 @@ def test_specs_declare_batch_level_context_state_and_flat_rule():
 def test_rewards_only_lists_what_the_bandit_can_call():
     plain = available_normalizers(rewards_only=True)
     assert "group_std" in plain and "batch_zscore" in plain
-    assert not {"opo", "gdpo", "krpo", "running_std"} & set(plain)
+    assert "krpo" in plain  # the authors' fresh filter per group: no context, no state
+    assert not {"opo", "gdpo", "running_std"} & set(plain)
     r = np.array([[1.0, 0, 0, 1], [0, 0, 0, 1]])
     for name in plain:
         normalize(r, name)
@@ -97,7 +97,7 @@ def test_missing_context_or_state_is_a_clear_error_never_a_fallback():
     with pytest.raises(MissingContextError, match="components"):
         normalize(r, "gdpo", context=ctx(lengths=[[1, 1, 1]]))
     with pytest.raises(MissingContextError, match="prompt_ids"):
-        normalize(r, "krpo", state=make_state("krpo"))
+        normalize(r, "krpo", persist=True, state=make_state("krpo", persist=True))
     with pytest.raises(MissingContextError, match="state=make_state"):
         normalize(r, "running_std")
     with pytest.raises(ValueError, match="keeps no state"):
@@ -107,7 +107,8 @@ def test_missing_context_or_state_is_a_clear_error_never_a_fallback():
     with pytest.raises(ValueError, match="lengths must be finite and >= 0"):
         normalize(r, "opo", context=ctx(lengths=[[1, -2, 3]]))
     with pytest.raises(ValueError, match="prompt_ids has 2 ids for 1 groups"):
-        normalize(r, "krpo", context=ctx(prompt_ids=["a", "b"]), state=make_state("krpo"))
+        normalize(r, "krpo", persist=True, context=ctx(prompt_ids=["a", "b"]),
+                  state=make_state("krpo", persist=True))
     assert make_state("group_std") is None
 
 
@@ -217,10 +218,16 @@ def test_batch_zscore_hand_computed_flat_group_not_zero():
 
 def test_max_rl_hand_computed():
     r = np.array([[1.0, 0, 0, 0], [0, 0, 0, 0], [1, 1, 0, 0]])
-    got = normalize(r, "max_rl")
+    prime = dict(eps=0.0, scale_by_group_size=False, negative_mean="zero")  # prime-rl's form
+    got = normalize(r, "max_rl", **prime)
     np.testing.assert_allclose(got, [[3, -1, -1, -1], [0, 0, 0, 0], [1, 1, -1, -1]], rtol=1e-14)
-    assert (normalize(np.array([[-1.0, 1.0]]), "max_rl") == 0).all()  # mean <= 0: 0 (prime-rl)
-    np.testing.assert_allclose(normalize(r[:1], "max_rl", eps=0.25), [[1.5, -0.5, -0.5, -0.5]])
+    assert (normalize(np.array([[-3.0, 1.0]]), "max_rl", **prime) == 0).all()  # mean <= 0: 0
+    np.testing.assert_allclose(normalize(r[:1], "max_rl", eps=0.25, scale_by_group_size=False),
+                               [[1.5, -0.5, -0.5, -0.5]])
+    # the default is the authors' code: (r - mean)/(mean + 1e-6) / G
+    want = [[0.75 / 1.000004, -0.25 / 1.000004, -0.25 / 1.000004, -0.25 / 1.000004], [0] * 4,
+            [0.5 / 2.000004, 0.5 / 2.000004, -0.5 / 2.000004, -0.5 / 2.000004]]
+    np.testing.assert_allclose(normalize(r, "max_rl"), want, rtol=1e-12)
 
 
 def test_opo_hand_computed():
@@ -233,14 +240,15 @@ def test_opo_hand_computed():
         normalize(r, "opo", context=ctx(lengths=np.zeros((2, 3))))
 
 
-def test_shrinkage_hand_computed():
+def test_james_stein_hand_computed():
     r = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0], [1.0, 0.0]])
     # mu = [.5, 1, 0, .5], mu_bar = .5, S = .5, sigma^2 = mean([.5, 0, 0, .5]) = .25,
     # tau^2 = .125, c = 1 - (4 - 3) * .125 / .5 = .75, b = .5 + .75 (mu - .5)
     want = [[0.5, -0.5], [0.125, 0.125], [-0.125, -0.125], [0.5, -0.5]]
-    np.testing.assert_allclose(normalize(r, "shrinkage"), want, rtol=1e-14)
+    np.testing.assert_allclose(normalize(r, "james_stein"), want, rtol=1e-14)
     # three groups or fewer: no shrinkage (c = 1), the Dr. GRPO baseline
-    np.testing.assert_allclose(normalize(r[:3], "shrinkage"), normalize(r[:3], "none"))
+    np.testing.assert_allclose(normalize(r[:3], "james_stein"), normalize(r[:3], "none"))
+    # JSPO's shrinkage baseline (leave-one-out) is tested in test_normalizers_authors.py
 
 
 # ------------------------------------------------------------------------------------------
@@ -261,7 +269,7 @@ def kalman_reference(values, x=0.0, p=1.0, q=1e-5, rr=1e-2, eps=1e-8):
 
 def test_krpo_fresh_filter_is_the_authors_code():
     r = np.array([[1.0, 0.0, 0.5], [1.0, 1.0, 1.0]])
-    got = normalize(r, "krpo", persist=False)
+    got = normalize(r, "krpo")  # the default: persist=False
     want = [kalman_reference(row)[0] for row in r.tolist()]
     np.testing.assert_allclose(got, want, rtol=1e-12)
     # first sample by hand: P- = 1 + 1e-5, K = P- / (P- + .01), x = K, P = (1 - K) P-
@@ -272,18 +280,18 @@ def test_krpo_fresh_filter_is_the_authors_code():
 
 
 def test_krpo_carries_each_prompts_filter_and_round_trips_through_json():
-    state = make_state("krpo")
+    state = make_state("krpo", persist=True)
     step1 = np.array([[1.0, 0.0], [0.0, 0.0]])
-    normalize(step1, "krpo", context=ctx(prompt_ids=["a", "b"]), state=state)
+    normalize(step1, "krpo", persist=True, context=ctx(prompt_ids=["a", "b"]), state=state)
     _, xa, pa = kalman_reference([1.0, 0.0])
     assert state.filters["a"] == pytest.approx((xa, pa), rel=1e-12)
     saved = json.loads(json.dumps(state.state_dict()))
     step2 = np.array([[1.0, 1.0]])
-    got = normalize(step2, "krpo", context=ctx(prompt_ids=["a"]), state=state)
+    got = normalize(step2, "krpo", persist=True, context=ctx(prompt_ids=["a"]), state=state)
     np.testing.assert_allclose(got[0], kalman_reference([1.0, 1.0], xa, pa)[0], rtol=1e-12)
-    restored = make_state("krpo")
+    restored = make_state("krpo", persist=True)
     restored.load_state_dict(saved)
-    again = normalize(step2, "krpo", context=ctx(prompt_ids=["a"]), state=restored)
+    again = normalize(step2, "krpo", persist=True, context=ctx(prompt_ids=["a"]), state=restored)
     np.testing.assert_array_equal(again, got)
 
 
@@ -348,7 +356,7 @@ def test_gdpo_matches_trl_normalize_then_sum_formula():
 # ------------------------------------------------------------------------------------------
 
 NEW = ["loo_std", "reinforce_pp_baseline", "batch_zscore", "max_rl", "opo", "shrinkage",
-       "krpo", "running_std", "gdpo"]
+       "james_stein", "krpo", "running_std", "gdpo"]
 
 
 def _call(x, name):
@@ -376,8 +384,9 @@ def test_numpy_and_torch_agree_and_keep_dtype(name):
 
 def test_stats_count_flat_groups_for_every_normalizer():
     r = np.array([[1.0, 0.0], [1.0, 1.0]])
-    _, stats = normalize_with_stats(r, "batch_zscore")
-    assert stats.n_zero_variance == 1 and stats.adv_abs_max > 0
+    adv, stats = normalize_with_stats(r, "batch_zscore")
+    assert stats.n_flat == 1 and stats.adv_abs_max > 0
+    assert np.all(adv[1] != 0) and stats.n_zero_adv == 0  # the flat group is moved, not zeroed
 
 
 def test_ragged_batch_level_uses_its_ragged_implementation():

@@ -45,6 +45,34 @@ def test_parse_options_and_validation():
             TrainConfig(**kw).validate()
 
 
+@pytest.mark.parametrize("normalizer, options", [
+    ("group_std", ""),
+    ("opo", ""),  # needs lengths: probed with synthetic ones
+    ("gdpo", ""),  # needs components
+    ("gdpo", "token_weighted=true"),  # components and lengths
+    ("none", ""),
+])
+def test_g1_is_refused_for_normalizers_that_zero_singletons(normalizer, options):
+    cfg = TrainConfig(normalizer=normalizer, normalizer_options=options, G=1)
+    with pytest.raises(ValueError, match=f"G=1: every group is a single completion, and "
+                                         f"normalizer '{normalizer}' gives a singleton group "
+                                         f"zero advantage.*G >= 2"):
+        cfg.validate()
+    TrainConfig(normalizer=normalizer, normalizer_options=options, G=2).validate()
+
+
+@pytest.mark.parametrize("normalizer, options", [
+    ("batch_zscore", ""),  # batch baseline: a singleton's reward minus the batch mean
+    ("running_std", ""),  # running moments: stateful
+    ("krpo", "persist=true"),  # per-prompt filters: needs prompt ids and state
+])
+def test_g1_is_accepted_for_normalizers_whose_singletons_learn(normalizer, options):
+    from grponorm.rl.config import parse_options, singletons_learn
+
+    TrainConfig(normalizer=normalizer, normalizer_options=options, G=1).validate()
+    assert singletons_learn(normalizer, parse_options(options))
+
+
 def test_slice_rule_follows_the_task():
     assert TrainConfig().slice_by == "level"  # arithmetic problems carry their level
     assert TrainConfig(task="gsm8k").slice_by == "steps"  # GSM8K solutions carry their steps
@@ -107,3 +135,12 @@ def test_saved_config_round_trip(tmp_path):
         load_saved_config(run.path)  # a compare folder is not one run: refused, never trimmed
     with pytest.raises(FileNotFoundError, match="cannot resume"):
         load_saved_config(tmp_path / "nowhere")
+
+
+def test_cli_refuses_g1_for_a_normalizer_that_needs_context(tmp_path, capsys):
+    from grponorm.cli import main
+
+    assert main(["rl", "train", "--normalizer", "opo", "--G", "1", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "G=1: every group is a single completion, and normalizer 'opo'" in err
+    assert not any(tmp_path.iterdir())  # refused before anything was written

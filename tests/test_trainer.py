@@ -72,8 +72,10 @@ def test_tiny_run_writes_metrics_checkpoint_summary(tiny_policy_dir, tmp_path):
         "acc",
         "acc_easy",
         "acc_hard",
-        "frac_zero_variance",
-        "n_zero_variance",
+        "frac_flat",
+        "n_flat",
+        "frac_zero_adv",
+        "n_zero_adv",
         "adv_mean",
         "adv_std",
         "adv_abs_max",
@@ -97,14 +99,40 @@ def test_tiny_run_writes_metrics_checkpoint_summary(tiny_policy_dir, tmp_path):
 
 
 def test_log_line_averages_the_interval():
-    recs = [{"step": 9, "reward_mean": 0.5, "acc": 0.5, "loss": 0.1, "frac_zero_variance": 0.5,
-             "time_step": 2.0},
-            {"step": 10, "reward_mean": 1.0, "acc": 1.0, "loss": -0.1, "frac_zero_variance": 0.0,
-             "time_step": 4.0}]
+    recs = [{"step": 9, "reward_mean": 0.5, "acc": 0.5, "loss": 0.1, "frac_flat": 0.5,
+             "frac_zero_adv": 0.25, "time_step": 2.0},
+            {"step": 10, "reward_mean": 1.0, "acc": 1.0, "loss": -0.1, "frac_flat": 0.0,
+             "frac_zero_adv": 0.0, "time_step": 4.0}]
     line = session.log_line(recs, 40, 0.25)
-    assert line == ("step 10/40 | reward 0.750 | acc 0.750 | loss +0.0000 | zero-var 0.25 | "
-                    "3.00 s/step | eval 0.250")
+    assert line == ("step 10/40 | reward 0.750 | acc 0.750 | loss +0.0000 | flat 0.25 | "
+                    "zero-adv 0.12 | 3.00 s/step | eval 0.250")
     assert "eval" not in session.log_line(recs[:1], 40, None)
+
+
+def test_normalizer_context_gives_what_the_normalizer_needs():
+    from types import SimpleNamespace
+
+    from grponorm.normalizers import normalize
+
+    rewards = torch.tensor([[1.0, 0.0], [1.0, 1.0]])  # (n=2, G=2)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 1]])  # (n * G, C)
+    batch = SimpleNamespace(completion_mask=mask)
+    problems = [SimpleNamespace(id="p1"), SimpleNamespace(id="p2")]
+
+    def context(normalizer, options=None):
+        cfg = TrainConfig(normalizer=normalizer)
+        return trainer.normalizer_context(cfg, options or {}, batch, rewards, problems)
+
+    assert context("group_std") is None
+    ctx = context("opo")
+    assert ctx.given() == ("lengths",) and ctx.lengths.tolist() == [[2, 1], [3, 3]]
+    ctx = context("gdpo")
+    assert ctx.given() == ("components",) and ctx.components.shape == (2, 2, 1)
+    assert torch.equal(ctx.components[..., 0], rewards)
+    ctx = context("krpo", {"persist": True})
+    assert ctx.given() == ("prompt_ids",) and ctx.prompt_ids == ["p1", "p2"]
+    adv = normalize(rewards, "opo", context=context("opo"))  # lengths-weighted baseline 2/3
+    torch.testing.assert_close(adv[0], torch.tensor([1 / 3, -2 / 3]))
 
 
 def test_slice_filters_training_problems(tiny_policy_dir, tmp_path, capsys):
@@ -294,8 +322,8 @@ def test_micro_batches_give_the_gradient_of_one_batch(tiny_policy_dir, tmp_path)
 
 
 
-@pytest.mark.parametrize("normalizer", ["krpo", "running_std"])
-def test_stateful_normalizer_resumes_bit_exact(normalizer, tiny_policy_dir, tmp_path,
+@pytest.mark.parametrize("normalizer,options", [("krpo", "persist=true"), ("running_std", "")])
+def test_stateful_normalizer_resumes_bit_exact(normalizer, options, tiny_policy_dir, tmp_path,
                                                monkeypatch):
     """A stateful normalizer killed after step 3 of 6 (checkpoint at 3) and resumed: its state
     comes back from the checkpoint, so the metrics equal an uninterrupted run's (timing aside).
@@ -303,7 +331,8 @@ def test_stateful_normalizer_resumes_bit_exact(normalizer, tiny_policy_dir, tmp_
     import torch
 
     # 4 training problems, 2 per step: KRPO's per-prompt filters see their prompts again
-    kw = dict(normalizer=normalizer, steps=6, checkpoint_every=3, eval_every=3, n_train=2)
+    kw = dict(normalizer=normalizer, normalizer_options=options, steps=6, checkpoint_every=3,
+              eval_every=3, n_train=2)
     full = trainer.run(tiny_train_config(tiny_policy_dir, tmp_path / "a", **kw), False)
 
     real = trainer.train_step

@@ -100,6 +100,18 @@ def test_none_equals_verl_grpo_without_std(seed):
     torch.testing.assert_close(ours[multi], ref[multi], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("norm_by_std", [True, False])
+@pytest.mark.parametrize("seed", range(3))
+def test_group_std_and_none_equal_verl_grpo_vectorized(seed, norm_by_std):
+    rewards, mask, uids = make_batch(seed, NO_SINGLETONS, equal_value=None)
+    name = "grponorm_group_std" if norm_by_std else "grponorm_none"
+    ours, _ = verl_est(name, rewards, mask, uids)
+    ref, _ = core_algos.compute_grpo_vectorized_outcome_advantage(
+        rewards.clone(), mask, uids, norm_adv_by_std_in_grpo=norm_by_std
+    )
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("verl_name", ["rloo", "rloo_vectorized"])
 @pytest.mark.parametrize("seed", range(3))
 def test_rloo_equals_verl_rloo(seed, verl_name):
@@ -256,9 +268,10 @@ def test_last_stats_and_metrics():
     ours, _ = fn(token_level_rewards=rewards, response_mask=mask, index=uids, config=None)
     stats = fn.last_stats
     assert stats.n_groups == len(SIZES)
-    assert stats.n_zero_variance == 3  # two singletons and the all-equal group
+    assert stats.n_flat == stats.n_zero_adv == 3  # two singletons and the all-equal group
     metrics = gv.stats_metrics(stats)
-    assert metrics["grponorm/frac_zero_variance"] == pytest.approx(3 / len(SIZES))
+    assert metrics["grponorm/frac_flat"] == pytest.approx(3 / len(SIZES))
+    assert metrics["grponorm/frac_zero_adv"] == pytest.approx(3 / len(SIZES))
     assert set(metrics) == {f"grponorm/{k}" for k in stats.as_dict()}
 
 
@@ -334,6 +347,27 @@ def test_reinforce_pp_baseline_equals_verl_on_ragged_groups(seed):
     assert not torch.allclose(sample, ref, atol=1e-3)  # the default weighs samples, not tokens
 
 
+@pytest.mark.parametrize("seed", range(2))
+def test_reinforce_pp_baseline_default_vs_verl_when_lengths_are_equal(seed):
+    # Every response T tokens: token and sample weights give the same mean and the same sum of
+    # squares; only the Bessel correction differs (N/(N - 1) over samples, NT/(NT - 1) over
+    # tokens), so verl's advantages are the default's times sqrt((NT - 1) / (T (N - 1))).
+    rewards, mask, uids = make_batch(seed, NO_SINGLETONS, equal_value=None)
+    full = torch.ones_like(mask)
+    ours, _ = verl_est("grponorm_reinforce_pp_baseline", rewards, full, uids)
+    ref, _ = verl_est("reinforce_plus_plus_baseline", rewards, full, uids)
+    n = len(uids)
+    factor = ((n * T - 1) / (T * (n - 1))) ** 0.5
+    assert factor > 1.01  # the difference is measurable here
+    torch.testing.assert_close(ours * factor, ref, rtol=1e-5, atol=1e-5)
+    one_token = torch.zeros_like(mask)
+    one_token[:, 0] = 1.0  # one-token responses: no difference at all
+    r1 = rewards.sum(-1, keepdim=True) * one_token
+    ours, _ = verl_est("grponorm_reinforce_pp_baseline", r1, one_token, uids)
+    ref, _ = verl_est("reinforce_plus_plus_baseline", r1, one_token, uids)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+
 def _gdpo_batch(seed: int, n_groups: int = 5, g: int = 4, k: int = 3):
     rng = np.random.default_rng(seed)
     uids = np.array([f"u{i}" for i in range(n_groups) for _ in range(g)], dtype=object)
@@ -379,11 +413,10 @@ def test_verl_refuses_what_it_cannot_feed():
     with pytest.raises(ValueError, match="no reward components.*7473"):
         verl_est("grponorm_gdpo", rewards, mask, uids)
     with pytest.raises(ValueError, match="uuid4.*persist=False"):
-        verl_est("grponorm_krpo", rewards, mask, uids)
+        gv.estimator("krpo", persist=True)
     with pytest.raises(ValueError, match="reward components"):
         gv.estimator("gdpo")
-    fn = gv.estimator("krpo", persist=False)  # the authors' form needs neither state nor ids
-    adv, _ = fn(rewards, mask, index=uids)
+    adv, _ = verl_est("grponorm_krpo", rewards, mask, uids)  # default: the authors' fresh filter
     assert adv.shape == rewards.shape
 
 

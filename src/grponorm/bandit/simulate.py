@@ -36,7 +36,7 @@ from ..normalizers import (
     make_state,
     normalize,
 )
-from .exact import METHODS, logit_direction, softmax_with_complement
+from .exact import METHODS, logit_direction, logit_hessians, softmax_with_complement
 from .features import Features
 
 # ------------------------------------------------------------------------ shared utilities
@@ -45,7 +45,7 @@ from .features import Features
 #: What the bandit can give a normalizer besides the rewards: each question's index (stable
 #: across steps: a stateful normalizer keeps its per-prompt state by it) and its one reward as
 #: the only component. It has no completion lengths.
-BANDIT_CONTEXT = {"prompt_ids", "components"}
+BANDIT_CONTEXT = {"prompt_ids", "components", "pi_star", "hessian_norm"}
 
 
 def bandit_normalizers() -> list[str]:
@@ -361,6 +361,13 @@ class SampledRun:
     options: dict = field(default_factory=dict)
 
 
+def hessian_norms(p: np.ndarray, q: np.ndarray, a, z: np.ndarray | None = None) -> np.ndarray:
+    """Spectral norms of the questions' exact logit-space Hessians of pi* (the oracle context of
+    ``oracle_hessian``): ``p, q, z`` (n, K), ``a`` (n,) -> (n,)."""
+    H = logit_hessians(p, q, a, z)  # (n, K, K), symmetric
+    return np.abs(np.linalg.eigvalsh(H)).max(axis=-1)
+
+
 def sample_outputs(rng: np.random.Generator, p: np.ndarray, G: int) -> np.ndarray:
     """Draw G outputs per row of p (n, K) by inverse CDF; returns (n, G) indices."""
     cdf = np.cumsum(p, axis=-1)  # (n, K)
@@ -503,9 +510,12 @@ def simulate_sampled(
         for s in range(S):
             out = sample_outputs(rngs[s], p[s], G)  # (n, G)
             rewards = (out == a[:, None]).astype(np.float64)  # (n, G)
-            ctx = None if not needs else NormalizerContext(
-                prompt_ids=list(range(n)) if "prompt_ids" in needs else None,  # question index
-                components=rewards[..., None] if "components" in needs else None)  # (n, G, 1)
+            ctx = NormalizerContext.build(
+                normalizer, opts, caller="the bandit",
+                prompt_ids=lambda: list(range(n)),  # (n,) the question index
+                components=lambda r=rewards: r[..., None],  # (n, G, 1)
+                pi_star=lambda ps=pa[s]: ps,  # (n,) the oracle: each question's true pi*
+                hessian_norm=lambda ps=p[s], qs=q[s], zs=z[s]: hessian_norms(ps, qs, a, zs))
             adv = normalize(rewards, normalizer, context=ctx, state=states[s], **opts)
             g[s] = sampled_direction(p[s], out, adv)
             outs[s], rews[s] = out, rewards

@@ -212,7 +212,7 @@ def _run_training(cfg: FisherConfig, progress: bool) -> dict:
         "pooled": pooled,
         "cost": c,
         "train": {k: tsum.get(k) for k in ("acc_start", "acc_end", "time_step_s", "train_time_s",
-                                           "frac_zero_variance")},
+                                           "frac_flat", "frac_zero_adv")},
         "mean_fisher_trace": float(np.mean(data["fisher_trace"])),
         "mean_reward_var": float(np.mean(data["reward_var"])),
         "frac_zero_variance": float(np.mean(data["reward_var"] == 0)),

@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from ..hardware import available_cores
 from ..rl.config import TrainConfig
+from ..rl.summary import read_summary
 from ..runs import GridError, atomic_write, to_jsonable
 from . import rl_train
 
@@ -175,6 +176,12 @@ def plan(n_runs: int, *, workers: int = 0, executor: str = "local", ray_address:
     cores between the runs at once. Ray: the cluster's resources decide (each task asks for
     ``threads`` CPUs, ``gpus_per_run`` GPUs and ``run_memory_gb`` of memory); ``workers`` caps
     the runs in flight.
+
+    Local ``workers`` (runs at once: ``min(workers, n_runs)``) above what the machine runs is
+    refused with what it can run, never silently lowered or oversubscribed: on CPU more than
+    MemAvailable holds, or more than ``cores // max(threads, 1)`` (each run needs at least one
+    core of its own: OpenMP threads sharing a core are many times slower,
+    :mod:`grponorm.hardware`); on GPUs more than the GPU slots (``1 / gpus_per_run`` per GPU).
     """
     check_settings(workers, executor, ray_address)
     if threads < 0:
@@ -195,6 +202,12 @@ def plan(n_runs: int, *, workers: int = 0, executor: str = "local", ray_address:
             groups = [",".join(gpus[i:i + span]) for i in range(0, len(gpus) - span + 1, span)]
         else:  # several runs share a GPU (spread first: worker i on GPU i % n)
             groups = [g for _ in range(int(1 / gpus_per_run)) for g in gpus]
+        if workers and min(workers, n_runs) > max(1, len(groups)):
+            raise ValueError(
+                f"workers={workers}: {min(workers, n_runs)} runs at once, but {len(gpus)} "
+                f"GPU(s) at gpus_per_run={gpus_per_run:g} run {max(1, len(groups))} at once; "
+                f"use --workers {max(1, len(groups))} or fewer (0 = auto), or a smaller "
+                f"--gpus-per-run to share GPUs")
         workers = min(workers or len(groups) or 1, n_runs)
         pin = not device.startswith("cuda:")  # cuda:N: every run on that GPU, as asked
         slots = tuple(groups[i % len(groups)] if pin and groups else None
@@ -208,7 +221,15 @@ def plan(n_runs: int, *, workers: int = 0, executor: str = "local", ray_address:
                 f"workers={workers}: {min(workers, n_runs)} runs at once need ~{need:.1f} GB "
                 f"({run_memory_gb:g} GB each) but {avail:.1f} GB is available (MemAvailable); "
                 f"use --workers {max(1, fit)} or fewer")
-        workers = min(workers or max(1, min(n_cores // max(threads, 1), fit)), n_runs)
+        by_cores = max(1, n_cores // max(threads, 1))  # runs with a core per thread
+        if workers and min(workers, n_runs) > by_cores:
+            per_run = f"{threads} thread(s)" if threads else "one thread"
+            raise ValueError(
+                f"workers={workers}: {min(workers, n_runs)} runs at once, but this machine has "
+                f"{n_cores} core(s) for this process, which run {by_cores} at once with "
+                f"{per_run} each; use --workers {min(by_cores, max(1, fit))} or fewer "
+                f"(0 = auto)")
+        workers = min(workers or max(1, min(by_cores, fit)), n_runs)
         slots = (None,) * workers
     return Plan("local", workers, threads or max(1, n_cores // workers), slots)
 
@@ -249,7 +270,8 @@ def _output_to(log: Path | None):
 
 
 def _read_summary(folder: Path) -> dict:
-    return json.loads((folder / "summary.json").read_text())
+    """A finished run's summary (field names of earlier versions read as today's)."""
+    return read_summary(folder)
 
 
 def train_job(job: Job, log_to_file: bool = False, progress: bool = False) -> Result:

@@ -42,13 +42,12 @@ from .. import plotting
 from ..rl.choices import DIFFICULTIES, SLICES
 from ..rl.config import TrainConfig, load_saved_config
 from ..rl.problems import build_problems
-from ..rl.summary import read_metrics, summary_cells, summary_window
+from ..rl.summary import read_metrics, read_summary, summary_cells, summary_window
 from ..runs import Run, environment, markdown_table
-from ..stats.paired import Verdict
 from .grid import GridError, Job, plan, run_jobs
+from .rl_compare_report import METRIC_LABELS, ordered, report_rows  # noqa: F401 (module API)
 from .rl_compare_spread import histogram_figure, measure_spread
 from .rl_compare_stats import (
-    INTERACTION,
     METRICS,
     PAPER,
     PREREGISTRATION,
@@ -60,7 +59,6 @@ from .rl_compare_stats import (
     rliable_inputs,
     rliable_rows,
 )
-from .rows import VerdictCell
 
 
 @dataclass
@@ -335,7 +333,7 @@ def _pilot(cfg: CompareConfig, grid_path: Path, done: list[Point]) -> dict:
 def _finished(grid_path: Path, pt: Point, cfg: CompareConfig) -> tuple[Path, dict]:
     """A finished run's folder and summary, read from the grid folder (``analyze_only``)."""
     run_dir = grid_path / "runs" / pt.folder(cfg)
-    return run_dir, json.loads((run_dir / "summary.json").read_text())
+    return run_dir, read_summary(run_dir)
 
 
 def window_metrics(recs: list[dict], window: int) -> dict:
@@ -357,7 +355,7 @@ def _entry(rs: list[dict]) -> dict:
         return float(np.mean(vals)) if vals else None
 
     keys = ("acc_start", "acc_end", "acc_primary", "eval_start", "eval_end", "eval_mean",
-            "frac_zero_variance",
+            "frac_flat", "frac_zero_adv",
             "time_step_s", "time_generate_s", "time_train_s", "time_forward_s",
             "time_backward_s", "tokens_per_s", "train_time_s")
     return {**{k: mean(k) for k in keys}, "window": summary_window(rs[0]), "n_seeds": len(rs),
@@ -446,7 +444,7 @@ def _table(cfg: CompareConfig, entries: dict, rows: list, bins: list, spread,
            bases: dict) -> str:
     window = next(iter(entries.values()))["window"]
     header = ["slice / normalizer / optimizer / lr", "seeds", f"train acc first {window}",
-              f"train acc last {window}", "eval start", "eval end", "zero-var groups",
+              f"train acc last {window}", "eval start", "eval end", "flat groups",
               "s/step (gen / fwd / bwd)", "tok/s"]
     text = markdown_table(header, [[k, e["n_seeds"], *summary_cells(e)] for k, e in
                                    entries.items()])
@@ -455,7 +453,7 @@ def _table(cfg: CompareConfig, entries: dict, rows: list, bins: list, spread,
     text += "\n" + markdown_table(cmp_header, [[r["what"], r["slice"],
                                                 r.get("metric", METRICS[0]),
                                                 f"{r['text']}: {r['cell']}"]
-                                               for r in _ordered(rows) + bins])
+                                               for r in ordered(rows) + bins])
     if bases:
         text += "\nTraining accuracy level of the main grid (both arms, every seed):\n\n"
         text += markdown_table(
@@ -476,19 +474,6 @@ def _table(cfg: CompareConfig, entries: dict, rows: list, bins: list, spread,
 
 #: The order rows are shown in: the pre-registered primary reading first (confirmatory, then
 #: all seeds, then the extension), the tuned LR, then the secondary metrics and readings.
-READINGS = ("confirmatory", "shared", "all seeds", "extension", "tuned", "interaction",
-            "fixed LR")
-
-
-def _ordered(rows: list[dict]) -> list[dict]:
-    """``rows`` in :data:`READINGS` order, the primary metric first (stable otherwise)."""
-    def rank(r):
-        reading = r.get("reading")
-        return (r.get("metric") not in (METRICS[0], None) and reading != "interaction",
-                READINGS.index(reading) if reading in READINGS else len(READINGS))
-    return sorted(rows, key=rank)
-
-
 # ------------------------------------------------------------------------------ report
 
 TITLE = "LLM RLVR: GRPO-Std vs No-Std on Easy/Hard"
@@ -508,67 +493,3 @@ PROFILES = {
                   prompts_per_step=16, steps=500, eval_every=50, checkpoint_every=25,
                   seeds=[0, 1, 2], measure_spread=False, backend="trl"),
 }
-
-
-#: Report labels of the compared metrics (the primary one first: docs/e6-preregistration.md).
-METRIC_LABELS = {
-    "acc_primary": "PRIMARY: train sample accuracy, last {window} steps",
-    "acc_end": "train sample accuracy, last window",
-    "eval_end": "held-out greedy accuracy, end",
-    "eval_mean": "held-out greedy accuracy, mean of the evals",
-}
-
-
-#: How far (a fraction) a slice's training accuracy may sit outside the paper's range before
-#: the base-rate row says it differs (the regimes are then not comparable).
-BASE_RATE_TOLERANCE = 0.10
-
-
-def _slice_label(s: str) -> str:
-    return "Hard − Easy" if s == INTERACTION else s.capitalize()
-
-
-def report_rows(s: dict) -> list[list]:
-    """Paper-vs-ours rows: every comparison of the summary, with its interval, n and verdict
-    (the pre-registered reading first), rliable's estimates, the training accuracy level
-    against the paper's (the base-rate caveat) and the pass-rate bins."""
-    rows = []
-    for c in _ordered(s.get("comparisons", [])):
-        paper = PAPER.get(c["slice"])
-        ref = f"≈{paper['group_std']}% vs {paper['none']}%" if paper else "-"
-        if c["metric"].startswith("eval"):
-            ref = "(not reported)"
-        label = METRIC_LABELS.get(c["metric"], c["metric"]).format(
-            window=s.get("primary_window", 10))
-        if c.get("reading") == "interaction":
-            ours = (f"Hard gap {c['mean_a']:+.3f} vs Easy gap {c['mean_b']:+.3f}; difference "
-                    f"{c['text']}" if c["mean_a"] is not None else c["text"])
-        else:
-            ours = (f"{c['mean_a']:.3f} vs {c['mean_b']:.3f}; Std − No-Std {c['text']}"
-                    if c["mean_a"] is not None else c["text"])
-        rows.append([f"{_slice_label(c['slice'])}: {label}, {c['what']}", ref, ours, c["cell"]])
-    for c in s.get("rliable", []):
-        rows.append([f"{_slice_label(c['slice'])}: {c['what']}", "(not reported)", c["text"],
-                     c["cell"]])
-    for sl, b in (s.get("base_rates") or {}).items():
-        if not b.get("paper"):
-            continue
-        lo, hi = b["paper"][0] / 100, b["paper"][-1] / 100
-        off = b["acc_primary"] < lo - BASE_RATE_TOLERANCE or b["acc_primary"] > hi + \
-            BASE_RATE_TOLERANCE
-        cell = (f"{Verdict.DIFFERS.value}: a different regime from the paper's (more than "
-                f"{100 * BASE_RATE_TOLERANCE:.0f} pp outside its range), which bounds what "
-                "this slice can say about the paper's gap" if off
-                else f"{Verdict.MEASURED.value} (within {100 * BASE_RATE_TOLERANCE:.0f} pp of "
-                     "the paper's range)")
-        rows.append([f"{sl.capitalize()}: training accuracy level (base-rate caveat)",
-                     f"≈{b['paper'][0]}–{b['paper'][-1]}%",
-                     f"{b['acc_start']:.3f} over the first steps, {b['acc_primary']:.3f} over "
-                     f"the primary window ({b['runs']} runs, both arms)",
-                     VerdictCell(cell, Verdict.DIFFERS if off else Verdict.MEASURED)])
-    direction = {"reproduced": "Std ahead here", "contradicted": "Std behind here"}
-    for c in s.get("bins", []):
-        cell = direction.get(c["verdict"], c["cell"]) if c["n"] > 1 else c["cell"]
-        rows.append([f"{c['slice'].capitalize()}: {c['what']} ({c['prompts']} prompt-steps)",
-                     "benefit smallest near 50%", c["text"], cell])
-    return rows

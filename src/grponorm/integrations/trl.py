@@ -27,7 +27,9 @@ ones with their ragged implementation or a ValueError. Only
 ``multi_objective_aggregation="sum_then_normalize"`` is accepted (``gdpo`` is the registry's
 normalize-then-sum).
 
-Context and state (only what the normalizer's spec needs is gathered):
+Context and state (only what the normalizer's spec needs is gathered: the context is built by
+:meth:`~grponorm.normalizers.NormalizerContext.build`, whose sources are called only for the
+fields the normalizer needs -- the same needs on every process, so the gathers stay collective):
 
 * ``lengths``: the completion lengths, ``completion_mask.sum(1)``, gathered from all processes;
 * ``prompt_ids``: the dataset column ``prompt_id`` if the rows have one, else a SHA-1 of the
@@ -61,9 +63,8 @@ from grponorm.normalizers import (
     NormalizerOptionError,
     advantage_stats,
     check_options,
-    get_spec,
     make_state,
-    normalize_ragged,
+    normalize_ragged_with_stats,
     normalize_with_stats,
 )
 
@@ -139,10 +140,14 @@ def _normalize_partial(
     context: NormalizerContext | None, state: Any,
 ):
     """Registry advantages when some rewards are NaN (unscored) or G < 2: the scored rows as
-    ragged groups (:func:`grponorm.normalizers.normalize_ragged`); unscored rows get 0."""
+    ragged groups (:func:`grponorm.normalizers.normalize_ragged_with_stats`); unscored rows get
+    0. Stats: a group with no scored row counts as flat; the others as the ragged call counts
+    them (flat over their scored rows, components included when the normalizer reads them)."""
     grouped = rewards.view(-1, num_generations)  # (n_groups, G)
     scored = ~torch.isnan(rewards)  # (n_total,)
     adv = torch.zeros_like(rewards)  # (n_total,)
+    n_groups = int(grouped.shape[0])
+    n_flat = n_groups  # every group unscored until counted
     if bool(scored.any()):
         rows = scored.nonzero().flatten()  # (n_scored,)
         labels = (torch.arange(rewards.numel(), device=rewards.device) // num_generations)[rows]
@@ -151,15 +156,13 @@ def _normalize_partial(
             sub = NormalizerContext(**{
                 name: _select(getattr(context, name), rows) for name in context.given()
             })
-        adv[rows] = normalize_ragged(
+        adv[rows], part = normalize_ragged_with_stats(
             rewards[rows], labels, method, context=sub, state=state, **options
         )
-    lo = grouped.nan_to_num(float("inf")).amin(dim=1)  # (n_groups,)
-    hi = grouped.nan_to_num(float("-inf")).amax(dim=1)
-    flat = ~(hi > lo)  # (n_groups,) all-equal (or unscored) groups
-    return adv.view(-1, num_generations), advantage_stats(
-        adv.float(), int(flat.numel()), int(flat.sum())
-    )
+        n_flat = part.n_flat + n_groups - part.n_groups  # + the groups with no scored row
+    grouped_adv = adv.view(-1, num_generations)  # (n_groups, G)
+    n_zero_adv = int((grouped_adv == 0).all(dim=1).sum())
+    return grouped_adv, advantage_stats(adv.float(), n_groups, n_flat, n_zero_adv)
 
 
 def _select(value: Any, rows: torch.Tensor) -> Any:
@@ -306,21 +309,23 @@ class NormalizedGRPOTrainer(GRPOTrainer):
         return output
 
     def _gathered_context(self, inputs, output, options) -> NormalizerContext | None:
-        """The context the normalizer needs, gathered from all processes (row form)."""
-        needs = get_spec(self.normalizer).needs(options)
-        if not needs:
-            return None
-        fields: dict[str, Any] = {}
-        if "lengths" in needs:
-            lengths = output["completion_mask"].sum(dim=1).to(torch.float64)  # (n_local,)
-            fields["lengths"] = self.accelerator.gather(lengths)  # (n_total,)
-        if "prompt_ids" in needs:
+        """The context the normalizer needs, gathered from all processes (row form), built by
+        :meth:`NormalizerContext.build`: only the needed fields are gathered."""
+
+        def lengths():
+            local = output["completion_mask"].sum(dim=1).to(torch.float64)  # (n_local,)
+            return self.accelerator.gather(local)  # (n_total,)
+
+        def prompt_ids():
             from accelerate.utils import gather_object
 
-            fields["prompt_ids"] = list(gather_object([prompt_id(row) for row in inputs]))
-        if "components" in needs:
-            fields["components"] = self._gathered_rewards  # (n_total, n_funcs)
-        return NormalizerContext(**fields)
+            return list(gather_object([prompt_id(row) for row in inputs]))  # (n_total,)
+
+        return NormalizerContext.build(
+            self.normalizer, options, caller="the TRL trainer", lengths=lengths,
+            prompt_ids=prompt_ids,
+            components=lambda: self._gathered_rewards,  # (n_total, n_funcs)
+        )
 
     def _save_checkpoint(self, model, trial) -> None:
         """TRL's checkpoint, plus the normalizer's state (:data:`STATE_FILE`)."""
@@ -370,7 +375,8 @@ class NormalizedGRPOTrainer(GRPOTrainer):
         """Appends grponorm's metrics to TRL's ``self._metrics[mode]`` (averaged per log)."""
         metrics = self._metrics[mode]
         stats = result.stats
-        metrics["grponorm/frac_zero_variance"].append(stats.frac_zero_variance)
+        metrics["grponorm/frac_flat"].append(stats.frac_flat)
+        metrics["grponorm/frac_zero_adv"].append(stats.frac_zero_adv)
         metrics["grponorm/adv_mean"].append(stats.adv_mean)
         metrics["grponorm/adv_std"].append(stats.adv_std)
         metrics["grponorm/adv_abs_max"].append(stats.adv_abs_max)

@@ -16,11 +16,13 @@ applied per group, and the scalar advantage broadcast over ``response_mask``; ``
 same tensor. Groups may be ragged (different sizes) and interleaved (rows of a group anywhere in
 the batch): rows are bucketed by group size, each bucket is one rectangular ``(k, G)`` call to
 :func:`grponorm.normalizers.normalize`, and the results are scattered back -- exact for every
-group-wise normalizer. A singleton group gets 0 (no normalizer is called for it: ``rloo`` needs
-``G >= 2``) and an all-equal group gets exactly 0. Differences from verl's built-ins: verl passes
-a singleton's raw score through (``grpo``: ``score / (1 + 1e-6)``, ``rloo``: ``score``), and for
-an all-equal group ``grpo`` returns the rounding residue ``(r - mean) / 1e-6`` where grponorm
-returns exactly 0.
+group-wise normalizer. For a normalizer that zeroes flat groups (the registry's ``zero_flat``,
+e.g. ``group_std``, ``none``, ``rloo``) a singleton group gets 0 (no normalizer is called for it:
+``rloo`` needs ``G >= 2``) and an all-equal group gets exactly 0; a normalizer whose formula moves
+flat groups (``zero_flat=False``: ``batch_zscore``, ``running_std``, ``krpo``, ...) is called on
+them too. Differences from verl's built-ins: verl passes a singleton's raw score through
+(``grpo``: ``score / (1 + 1e-6)``, ``rloo``: ``score``), and for an all-equal group ``grpo``
+returns the rounding residue ``(r - mean) / 1e-6`` where grponorm returns exactly 0.
 
 Batch-level normalizers (those whose registry spec says so: ``get_spec(name).is_batch_level
 (options)``; e.g. ``batch_std``, ``gpg``, ``bnpo`` unless ``alpha`` and ``beta`` are fixed, and
@@ -40,12 +42,13 @@ stateful normalizer (``running_std``) keeps its state in the estimator function
 ``TaskRunnerV1`` actor); it is not saved in verl's checkpoints.
 
 Options. Normalizer options (``eps``, ``ddof``, ``alpha``, ...) come from two places, merged with
-the run's config winning: the keyword arguments of :func:`estimator`, and the mapping
-``algorithm.grponorm`` of verl's config (verl passes ``config=self.config.algorithm``, an OmegaConf
-``DictConfig`` in struct mode, so the key is added with Hydra's ``+``:
-``+algorithm.grponorm.eps=1e-4``). verl's ``AlgoConfig`` dataclass has fixed fields and no room
-for extra keys: given one, no config options are read. ``norm_adv_by_std_in_grpo`` and
-``epsilon`` belong to verl's ``grpo`` and are ignored here (pick ``grponorm_none`` instead).
+the run's config winning (:func:`merged_options`): the keyword arguments of :func:`estimator`,
+and the mapping ``algorithm.grponorm`` of verl's config (verl passes
+``config=self.config.algorithm``, an OmegaConf ``DictConfig`` in struct mode, so the key is added
+with Hydra's ``+``: ``+algorithm.grponorm.eps=1e-4``). verl's ``AlgoConfig`` dataclass has fixed
+fields and no room for extra keys: given one, no config options are read.
+``norm_adv_by_std_in_grpo`` and ``epsilon`` belong to verl's ``grpo`` and are ignored here (pick
+``grponorm_none`` instead).
 
 Plugin. ``import verl`` (verl/__init__.py) imports each module named in
 ``VERL_USE_EXTERNAL_MODULES`` and then loads every entry point of the group ``verl.plugins``
@@ -75,7 +78,10 @@ metrics)`` receives the step's metrics dict (override it, call ``super()``, then
 imports TransferQueue, absent from the test venv, so it cannot be tested here. The legacy
 ``RayPPOTrainer.fit`` calls ``compute_advantage`` inline with a local metrics dict, so there only
 a copy of ``fit`` could log them. verl already logs token-weighted
-``critic/advantages/{mean,max,min}``; grponorm's stats add the zero-variance fraction.
+``critic/advantages/{mean,max,min}``; grponorm's stats add ``grponorm/n_flat`` and
+``grponorm/frac_flat`` (flat groups: all scores equal, singletons included) and
+``grponorm/n_zero_adv`` and ``grponorm/frac_zero_adv`` (groups whose advantages are all 0; they
+differ for normalizers that move flat groups), besides ``grponorm/n_groups`` and the moments.
 """
 
 from __future__ import annotations
@@ -102,6 +108,7 @@ __all__ = [
     "PREFIX",
     "estimator",
     "group_ids",
+    "merged_options",
     "normalize_ragged",
     "options_from_config",
     "register",
@@ -175,6 +182,21 @@ def options_from_config(config: Any) -> dict[str, Any]:
     return {str(key): value for key, value in options.items()}
 
 
+def merged_options(defaults: Mapping[str, Any], config: Any) -> dict[str, Any]:
+    """The options an estimator call runs with: its own ``defaults`` (the keyword arguments of
+    :func:`estimator`) overridden key by key by those of verl's config
+    (:func:`options_from_config`): the run's config wins.
+
+    Args:
+        defaults: The estimator's options.
+        config: verl's algorithm config (see :func:`options_from_config`).
+
+    Returns:
+        A new dict; neither input is changed.
+    """
+    return {**defaults, **options_from_config(config)}
+
+
 def estimator(name: str, **options: Any) -> Callable[..., tuple[Any, Any]]:
     """A verl advantage estimator that applies the registry normalizer ``name`` per uid group.
 
@@ -219,7 +241,7 @@ def _estimator(name: str, defaults: dict[str, Any]) -> Callable[..., tuple[Any, 
                 f"{PREFIX}{name} groups rows by their uid: verl passes index=uid when the batch "
                 f"has non_tensor_batch['uid']"
             )
-        merged = {**defaults, **options_from_config(config)}
+        merged = merged_options(defaults, config)
         key = repr(sorted(merged.items()))
         if key not in checked:
             check_options(name, merged)
@@ -228,15 +250,15 @@ def _estimator(name: str, defaults: dict[str, Any]) -> Callable[..., tuple[Any, 
                 raise ValueError(reason)
             checked.add(key)
         spec = get_spec(name)
-        needs = spec.needs(merged)
         if spec.has_state(merged) and grponorm_estimator.grponorm_state is None:
             grponorm_estimator.grponorm_state = make_state(name, **merged)
         state = grponorm_estimator.grponorm_state if spec.has_state(merged) else None
         with torch.no_grad():
             scores = token_level_rewards.sum(dim=-1).double()  # (bs,)
-            context = NormalizerContext(
-                lengths=response_mask.sum(dim=-1).double() if "lengths" in needs else None,
-                prompt_ids=index if "prompt_ids" in needs else None,
+            context = NormalizerContext.build(  # row form; verl has no reward components
+                name, merged, caller="verl",
+                lengths=lambda: response_mask.sum(dim=-1).double(),  # (bs,)
+                prompt_ids=lambda: index,  # (bs,) the uids
             )
             adv, stats = normalize_ragged_with_stats(
                 scores, index, name, context=context, state=state, **merged
@@ -269,7 +291,10 @@ def _refusing_estimator(name: str, reason: str) -> Callable[..., tuple[Any, Any]
 
 
 def stats_metrics(stats: AdvantageStats | None, prefix: str = "grponorm/") -> dict[str, float]:
-    """``{prefix + field: value}`` for verl's metrics dict; empty for None (nothing computed)."""
+    """``{prefix + field: value}`` for verl's metrics dict, one per
+    :class:`~grponorm.normalizers.AdvantageStats` field (``n_groups``, ``n_flat``, ``frac_flat``,
+    ``n_zero_adv``, ``frac_zero_adv``, ``adv_mean``, ``adv_std``, ``adv_abs_max``); empty for None
+    (nothing computed)."""
     if stats is None:
         return {}
     return {prefix + key: float(value) for key, value in stats.as_dict().items()}

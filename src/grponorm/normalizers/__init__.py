@@ -7,8 +7,12 @@ once against a handful of backend helpers (``_mean``, ``_sum``, ``_std``, ``_sqr
 that dispatch on the array type.
 
 Use :func:`normalize` (or :func:`normalize_with_stats`) rather than calling a registered function
-directly: it validates the input and enforces, for every normalizer, that a group whose ``G``
-rewards are all equal gets an advantage of exactly zero.
+directly: it validates the input and enforces that a group whose ``G`` rewards are all equal gets
+an advantage of exactly zero, for every normalizer whose formula gives 0 there (those whose
+formula moves such a group declare ``zero_flat=False``: a batch or running baseline, a filter,
+per-component rewards). :class:`AdvantageStats` counts both the flat groups (``n_flat``) and the
+groups left with all-zero advantages (``n_zero_adv``). A normalizer's context is built by
+:meth:`NormalizerContext.build` from lazy sources, only for the fields it needs.
 
 Registered normalizers (``r`` is one group's rewards, ``mean``/``std`` are over that group)::
 
@@ -26,10 +30,11 @@ Registered normalizers (``r`` is one group's rewards, ``mean``/``std`` are over 
     loo_std             (r - mean_{-g}) / (std_{-g} + eps)      NeMo-RL default GRPO (leave-one-out)
     reinforce_pp_baseline  whiten_batch(r - mean)               REINFORCE++ baseline (verl)
     batch_zscore        (r - mean_batch) / (std_batch + eps)   ROLL batch/batch, AReaL
-    max_rl              (r - mean) / mean                      MaxRL (prime-rl)
+    max_rl              (r - mean) / (mean + eps) / G          MaxRL (authors' p_normalization)
     opo                 r - sum |o| r / sum |o|                OPO (verl); needs lengths
-    shrinkage           r - (mu_bar + c (mean - mu_bar))       James-Stein shrunk baseline
-    krpo                (r - x) / (sqrt(P) + eps)              KRPO Kalman filter; state, prompt ids
+    shrinkage           r - ((1-lam) mean_{-g} + lam M_{-i})   JSPO leave-one-out shrinkage
+    james_stein         r - (mu_bar + c (mean - mu_bar))       James-Stein shrunk group mean
+    krpo                (r - x) / (sqrt(P) + eps)              KRPO, a Kalman filter per group
     running_std         (r - m) / (s + eps), m, s across steps ROLL "running"; state
     gdpo                whiten_batch(sum_k w_k z_k)            GDPO; needs reward components
 
@@ -51,8 +56,8 @@ across steps declares ``state=factory`` and receives ``state=``. See
 
 from __future__ import annotations
 
-from . import baselines, classic, peers, stateful  # noqa: F401  (registers the built-ins)
-from .context import make_state
+from . import baselines, classic, oracle, peers, stateful  # noqa: F401  (registers the built-ins)
+from .context import make_state, probe_context
 from .core import (
     AdvantageStats,
     advantage_stats,
@@ -60,7 +65,7 @@ from .core import (
     normalize,
     normalize_with_stats,
 )
-from .ops import zero_variance_mask
+from .ops import flat_mask, zero_advantage_mask, zero_variance_mask
 from .ragged import normalize_ragged, normalize_ragged_with_stats
 from .registry import (
     CONTEXT_FIELDS,
@@ -90,6 +95,7 @@ __all__ = [
     "advantage_stats",
     "available_normalizers",
     "check_options",
+    "flat_mask",
     "get_normalizer",
     "get_spec",
     "make_state",
@@ -97,6 +103,8 @@ __all__ = [
     "normalize_ragged",
     "normalize_ragged_with_stats",
     "normalize_with_stats",
+    "probe_context",
     "register_normalizer",
+    "zero_advantage_mask",
     "zero_variance_mask",
 ]

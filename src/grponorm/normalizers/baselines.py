@@ -1,5 +1,6 @@
 """Baselines and scales from the field (2025-26): NeMo-RL's leave-one-out z-score, REINFORCE++
-with baseline, batch z-score, MaxRL, OPO, James-Stein shrinkage and GDPO (docs/theory.md §7).
+with baseline, batch z-score, MaxRL, OPO, JSPO's shrinkage baseline, the textbook James-Stein
+baseline and GDPO (docs/theory.md §7).
 
 Each docstring gives the formula, its source, and every difference from the peer (epsilon,
 ddof, singletons, flat groups). ``opo`` needs completion lengths, ``gdpo`` reward components;
@@ -204,28 +205,75 @@ def batch_zscore(rewards: Array, *, ddof: int = 1, eps: float = 1e-6) -> Array:
 # --------------------------------------------------------------------------------------------
 
 
-@register_normalizer("max_rl")
-def max_rl(rewards: Array, *, eps: float = 0.0) -> Array:
-    """MaxRL (Tajwar et al. 2026, arXiv:2602.02710): ``A = (r - mean) / (mean + eps)``.
+_NEGATIVE_MEAN = ("flip", "zero")
 
-    Source: prime-rl ``MaxRLAlgorithm.score_group`` (``src/prime_rl/orchestrator/algo/max_rl.py``):
-    ``zeros if mean <= 0 else (r - mean) / mean``, float32, no epsilon. Here the same rule in the
-    input's precision: a group with ``mean <= 0`` gets 0, others ``(r - mean)/(mean + eps)``;
-    ``eps = 0`` (default) is prime-rl. The guard is the ``mean > 0`` test (for binary rewards
-    ``mean >= 1/G``, so ``|A| <= G - 1``); ``eps > 0`` is an optional extra floor. Designed for
-    non-negative rewards; negative ones are not rejected (as prime-rl). Flat groups: 0.
+
+def _check_max_rl(options: Mapping[str, Any]) -> None:
+    if "eps" in options:
+        check_nonneg("eps", options["eps"])
+    rule = options.get("negative_mean", "flip")
+    if rule not in _NEGATIVE_MEAN:
+        raise ValueError(f"negative_mean must be 'flip' or 'zero'; got {rule!r}")
+    scale = options.get("scale_by_group_size", True)
+    if not isinstance(scale, (bool, np.bool_)):
+        raise TypeError(f"scale_by_group_size must be a bool; got {type(scale).__name__}")
+
+
+@register_normalizer("max_rl", check=_check_max_rl)
+def max_rl(
+    rewards: Array,
+    *,
+    eps: float = 1e-6,
+    scale_by_group_size: bool = True,
+    negative_mean: str = "flip",
+) -> Array:
+    """MaxRL (Tajwar et al. 2026, arXiv:2602.02710): ``A = (r - mean) / (mean + eps) / G``.
+
+    Source, the authors' code: ``compute_p_normalization_outcome_advantage`` (adv_estimator
+    ``p_normalization``, the one their MaxRL run scripts select) in github.com/Zanette-Labs/MaxRL,
+    ``verl/trainer/ppo/core_algos.py`` (commit 76e04d1, lines 393-442): per group the float32
+    ``mean``; ``A = 0`` where ``mean == 0.0`` exactly, else ``A = (r - mean)/(mean + 1e-6)``; then
+    every advantage times ``1/N``, ``N`` the size of the first row's group (one global constant).
+    The defaults are exactly that: ``eps = 1e-6``, ``scale_by_group_size=True`` (the ``1/G``),
+    ``negative_mean="flip"`` (a group with ``mean < 0`` keeps ``(r - mean)/(mean + eps)``, whose
+    sign is flipped: a sample above the mean gets a negative advantage, as in the authors' code).
+    ``negative_mean="zero"`` gives 0 to every group with ``mean <= 0``; with ``eps=0`` and
+    ``scale_by_group_size=False`` that is prime-rl's ``MaxRLAlgorithm.score_group``
+    (``src/prime_rl/orchestrator/algo/max_rl.py``: ``zeros if mean <= 0 else (r - mean)/mean``).
+
+    Guard: the ``mean == 0`` test (0 there); for rewards >= 0, the domain MaxRL is defined on
+    (canonically binary), a group with spread has ``mean > 0`` and the divisor ``mean + eps >=
+    min(r > 0)/G``. With negative rewards the divisor can be arbitrarily small; a group whose
+    ``mean + eps`` is exactly 0 raises ValueError (the authors' code gives inf/NaN there).
+
+    Differences from the authors' code: float64 (theirs: float32 means); all-equal groups get
+    exactly 0 (theirs: the rounding residue of ``r - mean`` divided by ``mean + eps``); on ragged
+    batches (one group size per bucket) each group is scaled by ``1/`` its own size (theirs: the
+    size of the first row's group for all). Singletons get 0, as theirs.
 
     Args:
         rewards: ``(n_groups, G)`` floating rewards (canonically binary).
         eps: Non-negative constant added to the mean.
+        scale_by_group_size: Multiply every advantage by ``1/G`` (the authors' ``/ N``).
+        negative_mean: ``"flip"`` (the authors' formula for ``mean < 0`` too) or ``"zero"``
+            (0 for ``mean <= 0``, prime-rl).
 
     Returns:
         ``(n_groups, G)`` advantages.
+
+    Raises:
+        ValueError: A group with ``mean != 0`` has ``mean + eps == 0``, or an option is invalid.
     """
-    check_nonneg("eps", eps)
+    _check_max_rl(dict(eps=eps, negative_mean=negative_mean,
+                       scale_by_group_size=scale_by_group_size))
     mu = mean(rewards, axis=1)  # (n_groups, 1)
-    ok = mu > 0
-    return where(ok, center(rewards, axis=1) / where(ok, mu + eps, 1.0), 0.0)  # (n_groups, G)
+    ok = mu > 0 if negative_mean == "zero" else mu != 0  # (n_groups, 1)
+    den = mu + eps  # (n_groups, 1)
+    if bool((ok & (den == 0)).any()):
+        raise ValueError(f"max_rl: a group's mean equals -eps = {-eps!r}; its divisor mean + eps "
+                         f"is 0 (MaxRL is defined for rewards >= 0)")
+    adv = where(ok, center(rewards, axis=1) / where(ok, den, 1.0), 0.0)  # (n_groups, G)
+    return adv / group_size(rewards) if scale_by_group_size else adv
 
 
 @register_normalizer("opo", context=("lengths",))
@@ -254,24 +302,99 @@ def opo(rewards: Array, *, lengths: Any) -> Array:
 
 
 # --------------------------------------------------------------------------------------------
-# James-Stein shrinkage
+# JSPO's James-Stein baseline (shrinkage) and the textbook James-Stein group mean (james_stein)
 # --------------------------------------------------------------------------------------------
 
 
 @register_normalizer("shrinkage", batch_level=True, zero_flat=False)
-def shrinkage(rewards: Array, *, ddof: int = 1) -> Array:
-    """Shrinkage baseline (Zeng et al. 2025, arXiv:2511.03710): per-prompt mean shrunk toward
-    the batch mean (James-Stein), ``A = r - b_i``.
+def shrinkage(rewards: Array, *, eps: float = 1e-6) -> Array:
+    """JSPO's shrinkage baseline (James-Stein Policy Optimization, arXiv:2511.03710):
+    ``A_ij = r_ij - b_ij`` with a two-level leave-one-out baseline.
+
+    For sample ``j`` of prompt ``i`` (``n`` prompts, ``G`` samples each)::
+
+        b_ij = (1 - lam_i) * mean_{h != j} r_ih  +  lam_i * M_{-i}
+        M_{-i}  = mean of the other prompts' samples (= mean_{p != i} mu_p, equal group sizes)
+        v2_{-i} = mean_{p != i} var_p / G          var_p: Bessel variance of prompt p's rewards
+        s2_{-i} = mean_{p != i} (mu_p - M_{-i})^2  spread of the other prompts' means
+        lam_i   = v2_{-i} / (v2_{-i} + s2_{-i} + eps)
+
+    so no reward enters its own baseline (the policy gradient stays unbiased) and ``lam_i``, the
+    weight on the other prompts, grows with their sampling noise and shrinks with their spread.
+    Source, the authors' code: ``compute_jspo_outcome_advantage`` in
+    github.com/guanning03/JSPO-Official, ``code/verl/trainer/ppo/core_algos.py`` (commit
+    3f8539d, lines 582-706: ``prompt_data.var(unbiased=True) / m`` line 662, ``v_square`` /
+    ``s_square`` lines 670-671, ``js_lambda = v_square / (v_square + s_square + epsilon)`` line
+    679 with ``epsilon = 1e-6`` (the caller, ``ray_trainer.compute_advantage``, passes none),
+    the RLOO baseline line 684, the leave-one-prompt-out batch mean line 697, the mix line 700,
+    ``advantage = scores - js_baseline`` line 703). No std division, no clipping (``lam`` is in
+    ``[0, 1)`` by construction). ``eps`` is the floor of the one division; with ``eps = 0`` a
+    ``0/0`` (other prompts all flat with equal means) gives ``lam = 0``.
+
+    Edge cases. ``G = 1`` raises ValueError (the authors assert ``m >= 2``: no leave-one-out
+    mean). Two prompts: the other prompt's means have no spread (``s2 = 0``), so ``lam_i =
+    v2/(v2 + eps)`` -- close to 1 (baseline ~ the other prompt's mean) unless the other prompt is
+    flat (``lam_i = 0``: RLOO). One prompt: there is no other prompt; the authors' code takes a
+    mean over an empty set (NaN advantages); here ``lam = 0``, the RLOO baseline -- the one
+    difference from their code besides float64 (theirs: float32).
+
+    Flat groups are *not* zero: their baseline mixes in the other prompts' mean, ``A = lam_i (r -
+    M_{-i})`` (``zero_flat=False``). Batch-level (``lam`` and ``M`` come from the other prompts);
+    ragged batches (several group sizes) are refused, as by the authors' code, which reshapes
+    the batch to ``(n, m)``.
+
+    Args:
+        rewards: ``(n_groups, G)`` floating rewards, ``G >= 2``.
+        eps: Non-negative constant in the denominator of ``lam``.
+
+    Returns:
+        ``(n_groups, G)`` advantages.
+
+    Raises:
+        ValueError: If ``G < 2`` or ``eps`` is invalid.
+    """
+    check_nonneg("eps", eps)
+    r = as_numpy(rewards)  # (n, G)
+    n, g = r.shape
+    if g < 2:
+        raise ValueError(f"shrinkage (JSPO) needs G >= 2 samples per group (the baseline "
+                         f"leaves the sample out); got G={g}")
+    rloo = (r.sum(axis=1, keepdims=True) - r) / (g - 1)  # (n, G), mean of the other G - 1
+    if n == 1:
+        return as_like(r - rloo, rewards)  # no other prompt: lam = 0
+    mu = r.mean(axis=1)  # (n,)
+    var = r.var(axis=1, ddof=1) / g  # (n,), sampling variance of each prompt's mean
+    c = mu - mu.mean()  # (n,), deviations from the mean of all prompt means
+    c = c - c.mean()  # one correction pass: sum(c) = 0 to working precision
+    m_other = mu.mean() - c / (n - 1)  # (n,), M_{-i} = mean of the other n - 1 means
+    v2 = (var.sum() - var) / (n - 1)  # (n,)
+    if n == 2:
+        s2 = np.zeros(n)  # one other prompt: no spread
+    else:  # sum_{p != i} (mu_p - M_{-i})^2 = S - c_i^2 n / (n - 1), S = sum_p c_p^2
+        s2 = np.maximum((c @ c - c * c * n / (n - 1)) / (n - 1), 0.0)  # (n,)
+    den = v2 + s2 + eps  # (n,)
+    lam = np.divide(v2, den, out=np.zeros(n), where=den > 0)  # (n,); 0/0 -> 0
+    base = (1.0 - lam[:, None]) * rloo + lam[:, None] * m_other[:, None]  # (n, G)
+    return as_like(r - base, rewards)  # (n, G)
+
+
+@register_normalizer("james_stein", batch_level=True, zero_flat=False)
+def james_stein(rewards: Array, *, ddof: int = 1) -> Array:
+    """Textbook James-Stein baseline: each group mean shrunk toward the mean of all group means
+    (positive-part Efron-Morris estimator), ``A = r - b_i``.
 
     ``b_i = mu_bar + c (mu_i - mu_bar)`` with ``mu_i`` the group means, ``mu_bar`` their mean,
-    and the positive-part James-Stein factor (Efron-Morris form for an estimated target)
-    ``c = max(0, 1 - (n - 3) tau^2 / S)``, ``S = sum_i (mu_i - mu_bar)^2``,
+    and ``c = max(0, 1 - (n - 3) tau^2 / S)``, ``S = sum_i (mu_i - mu_bar)^2``,
     ``tau^2 = sigma^2 / G`` the sampling variance of a group mean, ``sigma^2`` the pooled
     within-group variance (mean over groups of the ``ddof`` variance). ``n <= 3`` groups or
-    ``S = 0`` give ``c = 1`` (the plain group mean: Dr. GRPO). The paper motivates this
-    estimator; the exact variant of its experiments was not checked against its code (none
-    reachable here), so this is the textbook estimator it names. No division by a std; the one
-    division ``tau^2 / S`` is guarded (``S = 0`` -> ``c = 1``).
+    ``S = 0`` give ``c = 1`` (the plain group mean: Dr. GRPO). Source: Efron & Morris (1973),
+    "Stein's estimation rule and its competitors" (JASA 68:117), the estimator for an estimated
+    common mean. No division by a std; the one division ``tau^2 / S`` is guarded
+    (``S = 0`` -> ``c = 1``).
+
+    This is *not* JSPO's baseline (that is :func:`shrinkage`): ``mu_i`` includes the sample's own
+    reward, so the baseline is not leave-one-out and the policy gradient is biased at order
+    ``1/G``. Kept as a research variant; it was registered as ``shrinkage`` before.
 
     Flat groups are *not* zero: their baseline is pulled toward the batch mean
     (``A = (1 - c)(mu_i - mu_bar)``), so ``zero_flat=False``. Batch-level (``c`` and

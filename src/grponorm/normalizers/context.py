@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .ops import Array, as_rewards, first_position, is_torch
+from .ops import Array, as_numpy, as_rewards, first_position, is_torch
 from .registry import (
     MissingContextError,
     NormalizerContext,
@@ -16,7 +16,7 @@ from .registry import (
     get_spec,
 )
 
-__all__ = ["make_state", "prepare", "validate_context"]
+__all__ = ["make_state", "prepare", "probe_context", "validate_context"]
 
 
 def make_state(method: str, **options: Any) -> Any:
@@ -32,6 +32,38 @@ def make_state(method: str, **options: Any) -> Any:
     spec = get_spec(method)
     check_names(spec, options)
     return spec.make_state(options)
+
+
+#: Completion length of every sample of a synthetic probe context (tokens).
+PROBE_LENGTH = 3.0
+
+
+def probe_context(
+    method: str, options: Mapping[str, Any], rewards: Any
+) -> NormalizerContext | None:
+    """Synthetic context of the right shapes for probing ``method`` on ``rewards``
+    ``(n_groups, G)`` without real data (:func:`grponorm.normalizers.check_options`, the
+    ``G = 1`` check of a training config), built by :meth:`NormalizerContext.build`: every
+    completion :data:`PROBE_LENGTH` tokens long, prompt ids ``"probe0" ..`` (one per group),
+    ``K`` components each equal to the reward (``K = len(options["weights"])`` when the
+    options give weights, else 2), and the oracle fields at pi* = 1/2.
+
+    Returns:
+        The context (grouped form), or None when the normalizer needs none.
+    """
+    x = np.asarray(rewards, dtype=np.float64)  # (n_groups, G)
+    weights = options.get("weights")
+    k = len(weights) if isinstance(weights, (list, tuple)) else 2
+    return NormalizerContext.build(
+        method,
+        options,
+        caller="the option probe",
+        lengths=lambda: np.full(x.shape, PROBE_LENGTH),  # (n_groups, G)
+        prompt_ids=lambda: [f"probe{i}" for i in range(x.shape[0])],  # (n_groups,)
+        components=lambda: np.repeat(x[:, :, None], k, axis=2),  # (n_groups, G, K)
+        pi_star=lambda: np.full(x.shape[0], 0.5),  # (n_groups,)
+        hessian_norm=lambda: np.full(x.shape[0], 0.25),  # (n_groups,)
+    )
 
 
 def _as_lengths(lengths: Any, shape: tuple[int, ...], like: Array) -> Array:
@@ -75,6 +107,17 @@ def _as_components(components: Any, shape: tuple[int, ...], like: Array) -> Arra
     return x
 
 
+def _as_group_values(name: str, value: Any, n_groups: int) -> np.ndarray:
+    """One finite, non-negative float per group (the bandit's oracle context)."""
+    x = as_numpy(value).reshape(-1) if is_torch(value) else np.asarray(value, dtype=np.float64)
+    if x.shape != (n_groups,):
+        raise ValueError(f"context {name} must have shape (n_groups,) = ({n_groups},); got "
+                         f"{tuple(x.shape)}")
+    if not np.isfinite(x).all() or (x < 0).any():
+        raise ValueError(f"context {name} must be finite and >= 0")
+    return x
+
+
 def _as_prompt_ids(prompt_ids: Any, n_groups: int) -> list[str]:
     if isinstance(prompt_ids, (str, bytes)):
         raise TypeError("context prompt_ids must be a sequence of ids, one per group")
@@ -112,6 +155,8 @@ def validate_context(
             out[name] = _as_lengths(value, shape, x)
         elif name == "components":
             out[name] = _as_components(value, shape, x)
+        elif name in ("pi_star", "hessian_norm"):
+            out[name] = _as_group_values(name, value, shape[0])
         else:
             out[name] = _as_prompt_ids(value, shape[0])
     return out

@@ -9,8 +9,17 @@ from typing import Any
 
 import numpy as np
 
-from .context import prepare
-from .ops import Array, _first_position, _is_torch, _std, _where, _zero_variance_mask
+from .context import prepare, probe_context
+from .ops import (
+    Array,
+    _first_position,
+    _is_torch,
+    _std,
+    _where,
+    _zero_variance_mask,
+    flat_mask,
+    zero_advantage_mask,
+)
 from .registry import NormalizerContext, NormalizerOptionError, check_names, get_spec
 
 __all__ = ["AdvantageStats", "advantage_stats", "check_options", "normalize",
@@ -27,18 +36,30 @@ _PROBE = [[0.0, 1.0, 1.0, 0.0]]  # one binary group: every built-in normalizer a
 class AdvantageStats:
     """Summary of one batch of advantages (for logging).
 
+    Two group counts, which differ for normalizers whose formula moves flat groups
+    (``zero_flat=False``: ``batch_zscore``, ``running_std``, ``shrinkage``, ``krpo``, ``gdpo``)
+    and for groups that are not flat yet get no signal (e.g. ``grpo_passk`` off its argmax):
+
     Attributes:
         n_groups: Number of groups (prompts) in the batch.
-        n_zero_variance: Groups whose rewards were all equal (advantage exactly 0).
-        frac_zero_variance: ``n_zero_variance / n_groups``.
+        n_flat: Flat groups: all rewards equal and, for a normalizer that reads per-component
+            rewards (context ``components``, e.g. ``gdpo``), every component equal within the
+            group too (:func:`~grponorm.normalizers.ops.flat_mask`). A singleton is flat. Their
+            advantage is exactly 0 when the normalizer zeroes flat groups (``zero_flat``), else
+            whatever its formula gives.
+        frac_flat: ``n_flat / n_groups`` (0 for no groups).
+        n_zero_adv: Groups whose advantages are all exactly 0 (they contribute no gradient).
+        frac_zero_adv: ``n_zero_adv / n_groups`` (0 for no groups).
         adv_mean: Mean advantage over all ``n_groups * G`` entries.
         adv_std: Population std (ddof=0) of the advantages over all entries.
         adv_abs_max: Largest absolute advantage.
     """
 
     n_groups: int
-    n_zero_variance: int
-    frac_zero_variance: float
+    n_flat: int
+    frac_flat: float
+    n_zero_adv: int
+    frac_zero_adv: float
     adv_mean: float
     adv_std: float
     adv_abs_max: float
@@ -51,7 +72,11 @@ class AdvantageStats:
 def _apply(
     rewards: Any, method: str, options: dict[str, Any], context: Any, state: Any
 ) -> tuple[Array, Array]:
+    """``(advantages (n_groups, G), flat (n_groups,))``: the normalizer's result with the
+    central rules applied, and the flat groups (:func:`flat_mask`, components included when
+    the normalizer reads them)."""
     spec, x, kwargs = prepare(rewards, method, options, context, state)  # x: (n_groups, G)
+    flat = flat_mask(x, kwargs.get("components"))  # (n_groups,)
     adv = spec.fn(x, **options, **kwargs)
     if _is_torch(x) != _is_torch(adv):
         raise TypeError(
@@ -72,7 +97,7 @@ def _apply(
             f"normalizer {method!r} produced a non-finite advantage {float(adv[i, j])!r} at "
             f"(group {i}, sample {j}); the rewards are too large for this normalizer"
         )
-    return adv, mask
+    return adv, flat
 
 
 def normalize(
@@ -121,24 +146,28 @@ def normalize_with_stats(
     **options: Any,
 ) -> tuple[Array, AdvantageStats]:
     """Like :func:`normalize`, and also returns :class:`AdvantageStats` for the batch
-    (``n_zero_variance`` counts the groups whose rewards are all equal)."""
-    adv, mask = _apply(rewards, method, options, context, state)
-    return adv, advantage_stats(adv, int(mask.shape[0]), int(mask.sum()))
+    (``n_flat``: the flat groups, ``n_zero_adv``: the groups whose advantages are all 0)."""
+    adv, flat = _apply(rewards, method, options, context, state)
+    n_zero_adv = int(zero_advantage_mask(adv).sum())
+    return adv, advantage_stats(adv, int(flat.shape[0]), int(flat.sum()), n_zero_adv)
 
 
-def advantage_stats(adv: Any, n_groups: int, n_zero_variance: int) -> AdvantageStats:
+def advantage_stats(adv: Any, n_groups: int, n_flat: int, n_zero_adv: int) -> AdvantageStats:
     """:class:`AdvantageStats` of advantage values of any shape (NumPy or torch): mean,
     population std and largest magnitude over all entries (0 for no entries), with the group
-    counts given. Half-precision tensors are summarized in float32 (their own reductions are too
-    coarse for logging); other dtypes as they are."""
+    counts given (``n_flat`` flat groups, ``n_zero_adv`` groups with all-zero advantages; see
+    :class:`AdvantageStats`). Half-precision tensors are summarized in float32 (their own
+    reductions are too coarse for logging); other dtypes as they are."""
     a = adv.detach() if _is_torch(adv) else np.asarray(adv, dtype=np.float64)
     if _is_torch(a) and a.dtype.itemsize < 4:
         a = a.float()
     empty = (a.numel() if _is_torch(a) else a.size) == 0
     return AdvantageStats(
         n_groups=n_groups,
-        n_zero_variance=n_zero_variance,
-        frac_zero_variance=n_zero_variance / n_groups if n_groups else 0.0,
+        n_flat=n_flat,
+        frac_flat=n_flat / n_groups if n_groups else 0.0,
+        n_zero_adv=n_zero_adv,
+        frac_zero_adv=n_zero_adv / n_groups if n_groups else 0.0,
         adv_mean=0.0 if empty else float(a.mean()),
         adv_std=0.0 if empty else float(_std(a, axis=None, ddof=0).reshape(())),
         adv_abs_max=0.0 if empty else float(abs(a).max()),
@@ -173,13 +202,7 @@ def check_options(method: str, options: Mapping[str, Any] | None = None) -> dict
         if spec.check is not None:
             spec.check(opts)
         probe = np.asarray(_PROBE)  # (1, 4)
-        weights = opts.get("weights")
-        k = len(weights) if isinstance(weights, (list, tuple)) else 2
-        context = NormalizerContext(
-            lengths=np.full(probe.shape, 3.0),
-            prompt_ids=["probe"],
-            components=np.repeat(probe[:, :, None], k, axis=2),
-        )
+        context = probe_context(method, opts, probe)
         normalize(probe, method, context=context, state=spec.make_state(opts), **opts)
     except NormalizerOptionError:
         raise

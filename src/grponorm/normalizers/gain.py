@@ -2,7 +2,7 @@
 relative to ``none`` (``r - mean``), the quantity the paper's claim is about (docs/theory.md
 §1: std normalization as a prompt-wise step size), and verl's gradient-variance proxy of the
 step. Shared by the trainers' metrics (each group's gain at its success rate, the proxy beside
-``frac_zero_variance``) and ``grponorm normalizers show`` (the curve)."""
+``frac_flat``) and ``grponorm normalizers show`` (the curve)."""
 
 from __future__ import annotations
 

@@ -12,7 +12,8 @@ ops``); each dispatches on the array type, so one formula serves NumPy and torch
   :func:`safe_div` (``num / den`` where ``den > 0``, else 0: the guard of every division);
 - checks that raise ``ValueError``/``TypeError`` naming the culprit: :func:`check_nonneg`,
   :func:`check_positive`, :func:`check_binary`, :func:`check_range`, :func:`check_ddof`;
-- :func:`group_size`, :func:`zero_variance_mask`, :func:`is_torch`.
+- :func:`group_size`, :func:`zero_variance_mask`, :func:`flat_mask`,
+  :func:`zero_advantage_mask`, :func:`is_torch`.
 
 The underscore names (``_center``, ``_std``, ...) are kept as aliases for existing code.
 """
@@ -288,6 +289,38 @@ def zero_variance_mask(rewards: Any) -> Array:
         where the group has zero variance.
     """
     return _zero_variance_mask(_as_rewards(rewards))
+
+
+def flat_mask(rewards: Array, components: Array | None = None) -> Array:
+    """Marks the flat groups: all ``G`` rewards exactly equal and, when per-component rewards
+    are given, every component exactly equal within the group too (a group flat in the combined
+    reward but not in a component still carries a signal for a normalizer that reads the
+    components, e.g. ``gdpo``).
+
+    Args:
+        rewards: ``(n_groups, G)`` floating rewards (NumPy or torch).
+        components: ``(n_groups, G, K)`` per-component rewards, or None.
+
+    Returns:
+        Boolean ``(n_groups,)``, NumPy or torch like ``rewards``.
+    """
+    flat = _zero_variance_mask(rewards)  # (n_groups,)
+    if components is not None:
+        same = components == components[:, :1, :]  # (n_groups, G, K)
+        flat = flat & _all(_all(same, axis=2), axis=1)
+    return flat
+
+
+def zero_advantage_mask(adv: Array) -> Array:
+    """Marks the groups whose ``G`` advantages are all exactly 0 (no gradient from them).
+
+    Args:
+        adv: ``(n_groups, G)`` advantages (NumPy or torch).
+
+    Returns:
+        Boolean ``(n_groups,)``, NumPy or torch like ``adv``.
+    """
+    return _all(adv == 0, axis=1)
 
 
 # --------------------------------------------------------------------------------------------

@@ -118,7 +118,9 @@ def bnpo(
 
 
 @register_normalizer("mapo")
-def mapo(rewards: Array, *, ddof: int = 1, eps: float = 1e-6) -> Array:
+def mapo(
+    rewards: Array, *, ddof: int = 1, eps: float = 1e-6, allow_negative: bool = False
+) -> Array:
     """Mixed Advantage Policy Optimization (MAPO, Huang et al. 2025, arXiv:2509.18849).
 
     ``A_g = lam (r_g - mu) / (std + eps) + (1 - lam) (r_g - mu) / (mu + eps)`` with ``mu``, ``std``
@@ -129,31 +131,47 @@ def mapo(rewards: Array, *, ddof: int = 1, eps: float = 1e-6) -> Array:
     ``code/verl/trainer/ray_trainer.py``: the z-score term gets ``4p(1-p)``, the mean term
     ``1 - 4p(1-p)``; both divisors use ``eps = 1e-6`` and ``torch.std``, i.e. ``ddof = 1``).
 
-    ``eps`` is the explicit floor of both divisions. Rewards must be non-negative, so that a
-    group that is not all-equal has ``mu > 0`` and ``|(r - mu)/(mu + eps)| <= max(r)/eps``
-    (with a negative mean the percent deviation would flip the sign of the advantage). Not
-    shift-invariant (the mean term), unlike :func:`group_std`.
+    ``eps`` is the explicit floor of both divisions. By default rewards must be non-negative,
+    so that a group that is not all-equal has ``mu > 0`` and ``|(r - mu)/(mu + eps)| <=
+    max(r)/eps`` (with a negative mean the percent deviation flips the sign of the advantage: a
+    sample above the mean is pushed down). ``allow_negative=True`` accepts negative rewards and
+    computes the same formula, flipped sign included, as the authors' code does (it does not
+    check the sign); a group whose ``mu + eps`` is exactly 0 then raises ValueError (theirs:
+    inf/NaN). Not shift-invariant (the mean term), unlike :func:`group_std`.
+
+    Differences from the authors' code: negative rewards are refused unless
+    ``allow_negative=True``; all-equal groups get exactly 0 (theirs: the rounding residue of
+    ``r - mu`` over ``std + eps``); ``G = 1`` gives 0 (theirs: an assertion error); float64
+    for NumPy input (theirs: float32).
 
     Args:
-        rewards: ``(n_groups, G)`` non-negative rewards.
+        rewards: ``(n_groups, G)`` rewards, non-negative unless ``allow_negative``.
         ddof: Delta degrees of freedom of the std (1: Bessel, 0: population).
         eps: Non-negative constant added to the std and to the mean.
+        allow_negative: Accept negative rewards (the authors' formula, unguarded sign).
 
     Returns:
         ``(n_groups, G)`` advantages.
 
     Raises:
-        ValueError: If a reward is negative (the message names its group and sample).
+        ValueError: If a reward is negative and ``allow_negative`` is False (the message names
+            its group and sample), or a group's ``mu + eps`` is 0 with spread.
     """
     _check_nonneg("eps", eps)
-    _check_range(rewards, "mapo", 0.0)
+    if not allow_negative:
+        _check_range(rewards, "mapo", 0.0)
     centered = _center(rewards, axis=1)  # (n_groups, G)
     mu = _mean(rewards, axis=1)  # (n_groups, 1)
     std = _std(rewards, axis=1, ddof=ddof)  # (n_groups, 1)
     p = _mean(_as_float(rewards == 1, rewards), axis=1)  # (n_groups, 1)
     q = _mean(_as_float(rewards != 1, rewards), axis=1)  # (n_groups, 1), = 1 - p
     lam = 4.0 * p * q  # (n_groups, 1), in [0, 1]
-    return lam * _safe_div(centered, std + eps) + (1.0 - lam) * _safe_div(centered, mu + eps)
+    den = mu + eps  # (n_groups, 1); > 0 for a group with spread when rewards >= 0
+    spread = ~_zero_variance_mask(rewards)[:, None]  # (n_groups, 1)
+    if bool((spread & (den == 0)).any()):
+        raise ValueError(f"mapo: a group's mean equals -eps = {-eps!r}, so mean + eps is 0")
+    pct = _where(den != 0, centered / _where(den != 0, den, 1.0), 0.0)  # (n_groups, G)
+    return lam * _safe_div(centered, std + eps) + (1.0 - lam) * pct
 
 
 @register_normalizer("gpg", batch_level=True)

@@ -11,7 +11,11 @@ Used by verl (groups from the ``index`` uids, any sizes, rows anywhere in the ba
   implementation if it registered one, else ValueError -- never a per-bucket batch statistic;
 - singleton groups get 0 without calling the normalizer when the normalizer zeroes flat groups
   (a singleton is trivially flat; ``rloo`` would refuse ``G = 1``); a normalizer with
-  ``zero_flat=False`` is called on them too.
+  ``zero_flat=False`` is called on them too, and they get what its formula gives.
+
+The stats count flat groups (singletons included; with the components when the normalizer reads
+them) and groups whose advantages are all 0 over the whole batch, as
+:class:`~grponorm.normalizers.AdvantageStats` defines them.
 """
 
 from __future__ import annotations
@@ -122,6 +126,9 @@ def _bucket_context(context: NormalizerContext | None, rows: np.ndarray) -> Any:
         fields["prompt_ids"] = ids[rows[:, 0]]  # (k,) the id of each group's first row
     if context.components is not None:
         fields["components"] = _take(_rows(context.components), rows)  # (k, G, K)
+    for name in ("pi_star", "hessian_norm"):  # row form (bs,): each group's first row
+        if getattr(context, name) is not None:
+            fields[name] = np.asarray(getattr(context, name), dtype=np.float64)[rows[:, 0]]
     return NormalizerContext(**fields)
 
 
@@ -162,8 +169,8 @@ def normalize_ragged_with_stats(
 
     Returns:
         ``(advantages, stats)``: ``(bs,)`` advantages and batch
-        :class:`~grponorm.normalizers.AdvantageStats` (groups of size 1 count as zero-variance;
-        the moments are over rows).
+        :class:`~grponorm.normalizers.AdvantageStats` (groups of size 1 count as flat; the
+        moments are over rows).
 
     Raises:
         ValueError: If lengths differ, a score is not finite, or ``method`` is batch-level
@@ -189,19 +196,38 @@ def normalize_ragged_with_stats(
             )
         return _ragged_call(spec, scores, inverse, n_groups, context, state, options)
     out = _zeros_like(scores)  # (bs,)
-    n_zero = 0
+    n_flat = 0
     for size, rows in buckets.items():  # rows: (k, G)
         if size == 1 and spec.zeroes_flat(options):
-            n_zero += rows.shape[0]
+            n_flat += rows.shape[0]
             continue
         adv, stats = normalize_with_stats(
             _take(scores, rows), method, context=_bucket_context(context, rows), state=state,
             **options,
         )  # (k, G)
         _put(out, rows, adv)
-        n_zero += stats.n_zero_variance
+        n_flat += stats.n_flat
     rows_adv = out if _is_np(out) else out.detach().double().cpu().numpy()
-    return out, advantage_stats(rows_adv, n_groups, n_zero)  # over the (bs,) rows, float64
+    n_zero_adv = _count_zero_adv(rows_adv, inverse, n_groups)
+    return out, advantage_stats(rows_adv, n_groups, n_flat, n_zero_adv)  # over the rows, float64
+
+
+def _count_zero_adv(rows_adv: np.ndarray, inverse: np.ndarray, n_groups: int) -> int:
+    """Groups whose rows' advantages ``(bs,)`` are all exactly 0."""
+    nonzero = np.zeros(n_groups, dtype=bool)
+    np.logical_or.at(nonzero, inverse, rows_adv != 0)  # (n_groups,)
+    return int((~nonzero).sum())
+
+
+def _group_flat(values: np.ndarray, inverse: np.ndarray, n_groups: int) -> np.ndarray:
+    """``(n_groups,)`` True where every row of the group has the same value in every column of
+    ``values`` (``(bs,)`` or ``(bs, K)``, float64)."""
+    v = values.reshape(values.shape[0], -1)  # (bs, K)
+    lo = np.full((n_groups, v.shape[1]), np.inf)
+    hi = np.full((n_groups, v.shape[1]), -np.inf)
+    np.minimum.at(lo, inverse, v)
+    np.maximum.at(hi, inverse, v)
+    return ~(hi > lo).any(axis=1)  # singletons included
 
 
 def _ragged_call(spec, scores, inverse, n_groups, context, state, options):
@@ -217,14 +243,15 @@ def _ragged_call(spec, scores, inverse, n_groups, context, state, options):
             )
         kwargs[name] = [str(v) for v in value] if name == "prompt_ids" else _rows(value)
     adv = spec.ragged(x2[0], inverse, n_groups, **options, **kwargs)  # (bs,)
-    lo = np.full(n_groups, np.inf)
-    hi = np.full(n_groups, -np.inf)
     s = x2[0] if _is_np(x2) else x2[0].detach().double().cpu().numpy()
-    np.minimum.at(lo, inverse, s)
-    np.maximum.at(hi, inverse, s)
-    flat = ~(hi > lo)  # (n_groups,) all-equal groups, singletons included
+    same = _group_flat(s, inverse, n_groups)  # (n_groups,) all-equal groups, singletons included
+    flat = same
+    if "components" in kwargs:  # flat in every component too (AdvantageStats.n_flat)
+        comp = kwargs["components"]
+        comp = comp if _is_np(comp) else comp.detach().double().cpu().numpy()
+        flat = same & _group_flat(np.asarray(comp, dtype=np.float64), inverse, n_groups)
     if spec.zeroes_flat(options):
-        row_flat = flat[inverse]  # (bs,)
+        row_flat = same[inverse]  # (bs,)
         if _is_np(adv):
             adv = np.where(row_flat, 0.0, adv)
         else:
@@ -234,7 +261,8 @@ def _ragged_call(spec, scores, inverse, n_groups, context, state, options):
     if not _is_np(scores):
         adv = adv.to(scores.dtype)
     rows_adv = adv if _is_np(adv) else adv.detach().double().cpu().numpy()
-    return adv, advantage_stats(rows_adv, n_groups, int(flat.sum()))
+    n_zero_adv = _count_zero_adv(rows_adv, inverse, n_groups)
+    return adv, advantage_stats(rows_adv, n_groups, int(flat.sum()), n_zero_adv)
 
 
 def normalize_ragged(

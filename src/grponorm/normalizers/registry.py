@@ -30,6 +30,7 @@ from .ops import Array
 __all__ = [
     "CONTEXT_FIELDS",
     "NORMALIZERS",
+    "ORACLE_FIELDS",
     "SPECS",
     "MissingContextError",
     "NormalizerContext",
@@ -45,7 +46,10 @@ __all__ = [
 Normalizer = Callable[..., Array]
 
 #: The context a normalizer may ask for, in :class:`NormalizerContext` field order.
-CONTEXT_FIELDS = ("lengths", "prompt_ids", "components")
+CONTEXT_FIELDS = ("lengths", "prompt_ids", "components", "pi_star", "hessian_norm")
+
+#: The context only the bandit has (a question's true curvature; ``normalizers.oracle``).
+ORACLE_FIELDS = ("pi_star", "hessian_norm")
 
 #: Keyword names the registry fills in itself (never user options).
 _RESERVED = (*CONTEXT_FIELDS, "state")
@@ -89,6 +93,10 @@ class NormalizerContext:
             hash of the prompt text).
         components: ``(n_groups, G, K)`` per-component rewards (e.g. one column per reward
             function), unweighted.
+        pi_star: ``(n_groups,)`` each group's true success probability -- the bandit's oracle
+            context (:mod:`grponorm.normalizers.oracle`); no language-model source has it.
+        hessian_norm: ``(n_groups,)`` the spectral norm of each group's exact logit-space
+            Hessian of pi* (the bandit's oracle context).
 
     :func:`grponorm.normalizers.normalize_ragged` takes the row form: lengths ``(bs,)``,
     prompt_ids ``(bs,)`` (one per row; rows of a group share it), components ``(bs, K)``.
@@ -97,10 +105,72 @@ class NormalizerContext:
     lengths: Any = None
     prompt_ids: Any = None
     components: Any = None
+    pi_star: Any = None
+    hessian_norm: Any = None
 
     def given(self) -> tuple[str, ...]:
         """The names of the fields that are set."""
         return tuple(f for f in CONTEXT_FIELDS if getattr(self, f) is not None)
+
+    @classmethod
+    def build(
+        cls,
+        method: str,
+        options: Mapping[str, Any],
+        *,
+        caller: str,
+        lengths: Callable[[], Any] | None = None,
+        prompt_ids: Callable[[], Any] | None = None,
+        components: Callable[[], Any] | None = None,
+        pi_star: Callable[[], Any] | None = None,
+        hessian_norm: Callable[[], Any] | None = None,
+    ) -> NormalizerContext | None:
+        """The context normalizer ``method`` needs with ``options``, from the caller's sources.
+
+        The one constructor of a normalizer's context (native trainer, bandit, TRL, verl, the
+        option probes): the fields are ``get_spec(method).needs(options)``, each taken from its
+        source, a zero-argument callable called only when its field is needed -- a source may
+        be costly or collective (a gather across processes), so the others are never called.
+        The values are returned as the sources give them (grouped or row form: the caller's
+        choice); :func:`grponorm.normalizers.normalize` validates them.
+
+        Args:
+            method: Registered normalizer name.
+            options: Its keyword options (they may change what it needs, e.g. ``krpo``'s
+                ``persist``).
+            caller: Who builds the context, named in the error (e.g. ``"verl"``).
+            lengths, prompt_ids, components, pi_star, hessian_norm: The sources of the fields
+                (None: the caller has no such data).
+
+        Returns:
+            A :class:`NormalizerContext` holding exactly the needed fields, or None when the
+            normalizer needs no context.
+
+        Raises:
+            UnknownNormalizerError: ``method`` is not registered.
+            TypeError: a source is neither None nor callable.
+            MissingContextError: a needed field has no source (the message names the field,
+                the normalizer and ``caller``).
+        """
+        sources = {"lengths": lengths, "prompt_ids": prompt_ids, "components": components,
+                   "pi_star": pi_star, "hessian_norm": hessian_norm}
+        for name, source in sources.items():
+            if source is not None and not callable(source):
+                raise TypeError(
+                    f"NormalizerContext.build: the source of {name} must be a zero-argument "
+                    f"callable (evaluated only if {method!r} needs it); got "
+                    f"{type(source).__name__}"
+                )
+        needs = get_spec(method).needs(options)
+        if not needs:
+            return None
+        missing = [name for name in needs if sources.get(name) is None]
+        if missing:
+            raise MissingContextError(
+                f"normalizer {method!r} needs context {', '.join(missing)}, which {caller} "
+                f"does not provide"
+            )
+        return cls(**{name: sources[name]() for name in needs})
 
 
 Predicate = Callable[[Mapping[str, Any]], Any]

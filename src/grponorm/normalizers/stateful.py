@@ -1,5 +1,6 @@
-"""Normalizers that keep state across steps: KRPO's Kalman-filtered baseline and running
-moments (docs/theory.md §7).
+"""Normalizers that can keep state across steps: KRPO's Kalman-filtered baseline (a fresh filter
+per group by default, as its authors; per-prompt filters across steps with ``persist=True``) and
+running moments (docs/theory.md §7).
 
 A state object is made once per run (:func:`grponorm.normalizers.make_state`), passed to every
 call as ``state=`` (updated in place), saved with ``state_dict()`` (plain JSON-able values) and
@@ -41,7 +42,7 @@ class KalmanState:
 
 
 def _krpo_persist(options: Mapping[str, Any]) -> bool:
-    return bool(options.get("persist", True))
+    return bool(options.get("persist", False))
 
 
 def _check_krpo(options: Mapping[str, Any]) -> None:
@@ -69,29 +70,38 @@ def krpo(
     init_mean: float = 0.0,
     init_var: float = 1.0,
     eps: float = 1e-8,
-    persist: bool = True,
+    persist: bool = False,
     prompt_ids: Any = None,
     state: KalmanState | None = None,
 ) -> Array:
-    """KRPO (Kalman filter enhanced GRPO, arXiv:2505.07527): a scalar Kalman filter per prompt
-    tracks its mean reward; each sample is scored against the filtered estimate.
+    """KRPO (Kalman filter enhanced GRPO, arXiv:2505.07527): a scalar Kalman filter tracks the
+    group's mean reward; each sample is scored against the filtered estimate.
 
     For each group's samples in order (the result depends on the order): predict
     ``P <- P + Q``, gain ``K = P / (P + R)``, update ``x <- x + K (r_g - x)``, ``P <- (1 - K) P``,
-    then ``A_g = (r_g - x) / (sqrt(P) + eps)`` with the updated ``x``, ``P``. Source: the
-    authors' ``group_advantages`` / ``KalmanFilter`` (github.com/billhhh/KRPO_LLMs_RL,
-    ``train.py``): ``Q = process_var = 1e-5``, ``R = meas_var = 1e-2``, ``x0 = 0``, ``P0 = 1``,
-    ``eps = 1e-8``, a fresh filter per group at every step -- ``persist=False`` here, exactly.
+    then ``A_g = (r_g - x) / (sqrt(P) + eps)`` with the updated ``x``, ``P``. Source, the
+    authors' code: github.com/billhhh/KRPO_LLMs_RL, ``train.py`` (commit df1ae2b):
+    ``KalmanFilter`` (lines 157-177: ``x0 = init_mean = 0``, ``P0 = init_var = 1``, the update
+    order above) and ``group_advantages`` (lines 180-196: a new ``KalmanFilter`` per call,
+    ``adv = (r - mean_est) / (sqrt(var_est) + eps)``, ``eps = 1e-8``), called once per question
+    with its group of rollouts (line 352) with ``Q = process_var = 1e-5``, ``R = meas_var =
+    1e-2`` (lines 263-264). The default (``persist=False``) is exactly that: a fresh filter per
+    group at every step, no context, no state. Within a group ``P`` falls from ``P0 = 1`` to
+    about ``R/j`` after ``j`` samples (``1/sqrt(P)``: 10.0 at the first sample, 28.1 at the 8th).
 
-    ``persist=True`` (default) carries each prompt's filter ``(x, P)`` across steps in the state
-    (keyed by ``str(prompt_id)``; needs context ``prompt_ids`` and ``state``), so the baseline
-    and its variance are the filter's running estimate for that prompt; a prompt seen for the
-    first time starts at ``(init_mean, init_var)``. Then ``P`` converges to about
-    ``sqrt(Q R)`` and the scale ``1/sqrt(P)`` grows large (~55 with the defaults): tune
-    ``process_var``. ``eps`` is the floor of the division (``P > 0`` always since ``Q > 0``).
+    ``persist=True`` carries each prompt's filter ``(x, P)`` across steps in the state (keyed by
+    ``str(prompt_id)``; needs context ``prompt_ids`` and ``state``; resumable through
+    ``state_dict()``), so the baseline is the filter's running estimate for that prompt; a
+    prompt seen for the first time starts at ``(init_mean, init_var)``. Then ``P`` settles at
+    about ``sqrt(Q R)`` (3.11e-4 with the defaults, ``1/sqrt(P)`` = 56.7, within ~10 steps of
+    G = 8), and the advantages grow: on a binary G = 8 stream of one prompt (2000 steps,
+    success rate 0.5; steps 200-2000) their RMS is 2.98x the fresh filter's (27.7 vs 9.28; 2.97x
+    at rate 0.25, 2.96x at 0.125; mean ``|A|`` 3.7x); ``group_std``'s RMS there is 0.93. Not the
+    authors' form: tune ``process_var`` if you use it. ``eps`` is the floor of the division
+    (``P > 0`` always since ``Q > 0``).
 
     Flat groups are *not* zero: the baseline is the filter's estimate, not the group mean
-    (``zero_flat=False``). Computed in float64 (the reference: float32).
+    (``zero_flat=False``). Computed in float64 (the authors: float32). No other difference.
 
     Args:
         rewards: ``(n_groups, G)`` floating rewards.

@@ -15,7 +15,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..normalizers import check_options, get_spec, make_state, normalize_with_stats
+from ..normalizers import check_options, get_spec, make_state, normalize, probe_context
+from ..normalizers.registry import ORACLE_FIELDS
 from . import data as rl_data
 from .choices import (
     Attention,
@@ -32,7 +33,7 @@ from .loss import AGGREGATIONS
 from .models import ModelConfig, default_cache_dir
 from .sinks import INSTALL, missing_sinks
 
-__all__ = ["TrainConfig", "load_saved_config", "parse_options"]
+__all__ = ["TrainConfig", "load_saved_config", "parse_options", "singletons_learn"]
 
 SINKS = tuple(INSTALL)  # metric sinks besides metrics.jsonl
 #: slice_by="auto": the rule each task's problems carry the information for.
@@ -197,14 +198,35 @@ class TrainConfig:
         )
         options = parse_options(self.normalizer_options)
         check_options(self.normalizer, options)  # the registry's one check (CLI, TRL, verl)
-        if self.G == 1 and not get_spec(self.normalizer).needs(options):  # all singletons:
-            adv, _ = normalize_with_stats(  # does this normalizer still give a signal?
-                np.array([[0.0], [1.0]]), self.normalizer,
-                state=make_state(self.normalizer, **options), **options)
-            need(bool(np.any(adv != 0)),
+        oracle = [f for f in get_spec(self.normalizer).needs(options) if f in ORACLE_FIELDS]
+        need(not oracle, f"normalizer {self.normalizer!r} needs {', '.join(oracle)}, the "
+             "bandit's oracle context (a question's true curvature), which a language model "
+             "does not have; run it with `grponorm bandit sampled`")
+        if self.G == 1:
+            need(singletons_learn(self.normalizer, options),
                  f"G=1: every group is a single completion, and normalizer "
                  f"{self.normalizer!r} gives a singleton group zero advantage, so the run "
                  "would never learn; sample G >= 2 completions per prompt")
+
+
+#: The probe of :func:`singletons_learn`: two singleton groups, one wrong and one right.
+SINGLETON_PROBE = ((0.0,), (1.0,))
+
+
+def singletons_learn(normalizer: str, options: dict[str, Any]) -> bool:
+    """Whether ``normalizer`` gives a batch of singleton groups (``G = 1``) any non-zero
+    advantage: one call on :data:`SINGLETON_PROBE` ``(2, 1)``, with synthetic context of the
+    right shapes (:func:`grponorm.normalizers.probe_context`: lengths, prompt ids, components)
+    and a fresh state, so normalizers that need context or state are probed like the others.
+
+    Raises:
+        ValueError: the normalizer refuses singleton groups itself (``rloo``, ``grpo_passk``:
+            "needs G >= 2"), which refuses ``G = 1`` as well.
+    """
+    probe = np.array(SINGLETON_PROBE)  # (2, 1)
+    adv = normalize(probe, normalizer, context=probe_context(normalizer, options, probe),
+                    state=make_state(normalizer, **options), **options)
+    return bool(np.any(adv != 0))
 
 
 def parse_options(text: str) -> dict[str, Any]:

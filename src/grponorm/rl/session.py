@@ -179,7 +179,9 @@ def train_record(cfg: TrainConfig, step: int, rewards: torch.Tensor, problem_ids
             the curve of ``grponorm normalizers show`` measured on the run.
         batch: the step's rollout batch; when its engine gave ``logprobs`` and ``sum_pi_sq``
             (the decode engine), verl's gradient-variance proxy ``E[A^2 W]``
-            (``normalizers.gain.variance_proxy``) is recorded beside ``frac_zero_variance``.
+            (``normalizers.gain.variance_proxy``) is recorded beside ``frac_flat`` and
+            ``frac_zero_adv`` (the flat groups, the groups with all-zero advantages:
+            ``normalizers.AdvantageStats``).
     """
     rec: dict[str, Any] = {"kind": "train", "step": step,
                            **reward_fields(rewards, problem_ids, labels)}
@@ -211,14 +213,17 @@ def train_record(cfg: TrainConfig, step: int, rewards: torch.Tensor, problem_ids
 
 def log_line(recs: list[dict], steps: int, last_eval: float | None) -> str:
     """One line for the steps in ``recs`` (means over them): what a run without a progress
-    bar prints every ``log_every`` steps."""
+    bar prints every ``log_every`` steps. ``flat``: the share of flat groups (all rewards
+    equal), ``zero-adv``: of groups whose advantages are all 0 (they differ for normalizers
+    that move flat groups)."""
     def mean(key):
         vals = [r[key] for r in recs if r.get(key) is not None]
         return float(np.mean(vals)) if vals else math.nan
 
     line = (f"step {recs[-1]['step']:>{len(str(steps))}}/{steps} | reward {mean('reward_mean'):.3f}"
-            f" | acc {mean('acc'):.3f} | loss {mean('loss'):+.4f} | zero-var "
-            f"{mean('frac_zero_variance'):.2f} | {mean('time_step'):.2f} s/step")
+            f" | acc {mean('acc'):.3f} | loss {mean('loss'):+.4f} | flat "
+            f"{mean('frac_flat'):.2f} | zero-adv {mean('frac_zero_adv'):.2f} | "
+            f"{mean('time_step'):.2f} s/step")
     return line + (f" | eval {last_eval:.3f}" if last_eval is not None else "")
 
 
@@ -284,7 +289,7 @@ class RunBook:
             print(log_line(self.interval, cfg.steps, self.last_eval), flush=True)
             self.interval = []
         post = {"acc": f"{rec['acc']:.2f}", "ema": f"{self.ema:.2f}",
-                "zv": rec["frac_zero_variance"]}
+                "flat": rec["frac_flat"], "zero_adv": rec["frac_zero_adv"]}
         if self.last_eval is not None:
             post["eval"] = f"{self.last_eval:.2f}"
         self.bar.update(1)

@@ -8,7 +8,8 @@ One step (:func:`train_step`), top to bottom:
    by ``(seed, step)``;
 3. reward each completion with ``rewards.correctness_reward`` (1/0);
 4. turn the ``(prompts, G)`` reward matrix into advantages with ``grponorm.normalizers`` -- the
-   only source of advantages -- and count the zero-variance groups;
+   only source of advantages -- and count the flat groups and those left with all-zero
+   advantages;
 5. (every ``diag_every`` steps, when a diagnostic is given) measure the current policy before
    the update, e.g. ``grponorm.diagnostics.fisher.trainer_diagnostic``;
 6. ``updates_per_batch`` optimizer updates on ``loss.policy_gradient_loss`` (``update.py``);
@@ -34,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..normalizers import NormalizerContext, get_spec, make_state, normalize_with_stats
+from ..normalizers import NormalizerContext, make_state, normalize_with_stats
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, parse_options
 from .models import reference_context
@@ -123,18 +124,16 @@ def train_step(loop: Loop, step: int) -> dict:
 
 def normalizer_context(cfg: TrainConfig, options: dict, batch, rewards: torch.Tensor,
                        problems: list) -> NormalizerContext | None:
-    """What the normalizer asks for beyond the rewards (``get_spec(...).needs``): completion
-    lengths ``(n, G)`` in tokens, the problem ids ``(n,)`` (stable across steps: a stateful
-    normalizer keys its state by them), and the reward components ``(n, G, 1)`` (this trainer
-    has one reward, correctness)."""
-    needs = get_spec(cfg.normalizer).needs(options)
-    if not needs:
-        return None
+    """What the normalizer asks for beyond the rewards (``get_spec(...).needs``), built by
+    :meth:`NormalizerContext.build`: completion lengths ``(n, G)`` in tokens, the problem ids
+    ``(n,)`` (stable across steps: a stateful normalizer keys its state by them), and the reward
+    components ``(n, G, 1)`` (this trainer has one reward, correctness)."""
     n, G = rewards.shape
-    return NormalizerContext(
-        lengths=batch.completion_mask.sum(dim=1).view(n, G).cpu() if "lengths" in needs else None,
-        prompt_ids=[p.id for p in problems] if "prompt_ids" in needs else None,
-        components=rewards.unsqueeze(-1) if "components" in needs else None,
+    return NormalizerContext.build(
+        cfg.normalizer, options, caller="the native trainer",
+        lengths=lambda: batch.completion_mask.sum(dim=1).view(n, G).cpu(),  # (n, G)
+        prompt_ids=lambda: [p.id for p in problems],  # (n,)
+        components=lambda: rewards.unsqueeze(-1),  # (n, G, 1)
     )
 
 
