@@ -203,3 +203,18 @@ def test_e3_one_seed_is_inconclusive(tmp_path):
     rows = bandit_sampled.report_rows(_e3(tmp_path, 1))
     assert rows and all(r[3].removeprefix("measured: ") == "inconclusive (1 seed)" for r in rows)
     assert all("n=1 paired" in r[2] for r in rows)
+
+
+def test_e3_mechanism_rows_pair_the_oracles_by_seed(tmp_path):
+    cfg = bandit_sampled.SampledConfig(
+        n=6, K=3, T=10, seeds=3, lrs=[1.0, 3.0], out=str(tmp_path), record_every=2,
+        normalizers=["group_std", "none", "oracle_std", "oracle_curvature", "oracle_hessian"])
+    s = bandit_sampled.run(cfg, progress=False)
+    mech = s["mechanism"]["sgd"]["shared"]
+    assert set(mech) == {"oracle_std − group_std", "oracle_std − none",
+                         "oracle_curvature − oracle_std", "oracle_hessian − oracle_std"}
+    d = (np.array(s["per_seed"]["sgd/hard/oracle_curvature/1.0"])
+         - np.array(s["per_seed"]["sgd/hard/oracle_std/1.0"]))
+    assert mech["oracle_curvature − oracle_std"]["hard"]["diff"] == pytest.approx(d.mean())
+    rows = [r for r in bandit_sampled.report_rows(s) if r[0].startswith("mechanism:")]
+    assert len(rows) == 4 * 2 * 2  # pairs x (shared, tuned) x (Easy, Hard)

@@ -62,7 +62,7 @@ class SampledConfig:
     rho: float = 0.3  # overlap between questions' k-th features (features="overlap")
     seeds: int = 4  # seeds per (optimizer, normalizer, learning rate, set)
     normalizers: list = field(default_factory=bandit_normalizers)  # which (default: all it can run)
-    lrs: list = field(default_factory=lambda: [0.3, 1.0, 3.0, 10.0, 30.0])  # SGD LR grid
+    lrs: list = field(default_factory=lambda: [0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0])  # SGD grid
     shared_lr: float = 1.0  # the SGD learning rate of the shared-LR comparison (in lrs)
     optimizers: list = field(default_factory=lambda: ["sgd"])  # "sgd" and/or "adam"
     adam_lrs: list = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0])  # Adam LR grid
@@ -95,6 +95,32 @@ def lr_grid(cfg: SampledConfig, optimizer: str) -> tuple[list, float]:
     if optimizer == "adam":
         return list(cfg.adam_lrs), cfg.adam_shared_lr
     raise ValueError(f"optimizers must be 'sgd' or 'adam', got {optimizer!r}")
+
+
+#: The mechanism (docs/theory.md Lemma 2): (a, b, question) pairs of oracle normalizers, each
+#: compared paired by seed on every set.
+MECHANISM = (
+    ("oracle_std", "group_std", "the exact std vs its G-sample estimate: does matching the "
+     "curvature without sampling noise help?"),
+    ("oracle_std", "none", "the exact std vs no scale"),
+    ("oracle_curvature", "oracle_std", "curvature power 1 (Newton-like) vs 1/2 (Std)"),
+    ("oracle_hessian", "oracle_std", "the exact Hessian norm vs the Bernoulli std"),
+)
+
+
+def _mechanism_entries(per_seed: dict, sets: dict, effect: float) -> dict:
+    """Paired rows of :data:`MECHANISM` (those whose normalizers ran): ``"a − b"`` -> set ->
+    entry (interval, n, verdict read against a gain of ``effect`` for a over b).
+
+    Args:
+        per_seed: normalizer -> set -> (S,) per-seed final mean pi* (one optimizer, one mode).
+    """
+    out = {}
+    for a, b, what in MECHANISM:
+        if a in per_seed and b in per_seed:
+            out[f"{a} − {b}"] = {"question": what, **{
+                s: entry(compare(per_seed[a][s], per_seed[b][s]), +1, effect) for s in sets}}
+    return out
 
 
 def _gap_entries(std: dict, none: dict, effect: float) -> dict:
@@ -166,6 +192,8 @@ def run(cfg: SampledConfig, progress: bool = True) -> dict:
                                           +1, cfg.effect)
                                 for lr in grids[o][0]} for s in sets}
 
+    mechanism = {o: {mode: _mechanism_entries(per_seed[mode][o], sets, cfg.effect)
+                     for mode in ("shared", "tuned")} for o in cfg.optimizers}
     # rliable's IQM and probability of improvement beside the paired means (secondary)
     robust = {o: {mode: rliable_rows({s: (per_seed[mode][o]["group_std"][s],
                                           per_seed[mode][o]["none"][s]) for s in sets},
@@ -192,6 +220,7 @@ def run(cfg: SampledConfig, progress: bool = True) -> dict:
         "per_seed": {f"{o}/{s}/{m}/{lr}": res[(o, s, m, lr)].mean_pi[:, -1]
                      for (o, s, m, lr) in res},
         "comparisons": comparisons, "gap_by_lr": gap_by_lr, "rliable": robust,
+        "mechanism": mechanism,
         "figures": figs, "run_dir": str(out.path),
     }
     out.finish(summary)
@@ -344,6 +373,10 @@ def report_rows(s: dict) -> list[list]:
                 [f"Hard gap − Easy gap ({label})", "Std helps most on Hard (> 0)",
                  by["hard-easy"]["text"], by["hard-easy"]["verdict"]],
             ]
+            for pair_name, by_set in s.get("mechanism", {}).get(o, {}).get(mode, {}).items():
+                rows += [[f"mechanism: {pair_name}, final mean π*, {st.capitalize()} ({label})",
+                          by_set["question"], e["text"], f"measured: {e['verdict']}"]
+                         for st, e in by_set.items() if st != "question"]
             rows += [[f"{r['what']}, {r['slice'].capitalize()} ({label})", "(not reported)",
                       r["text"], r["cell"]] for r in s.get("rliable", {}).get(o, {}).get(mode, [])]
     return rows
