@@ -16,18 +16,11 @@ from grponorm.stats import (
     block_length,
     effective_sample_size,
 )
+from series import ar1
 
 PHI = 0.6
 
 
-def _ar1(rng: np.random.Generator, n: int, phi: float, reps: int) -> np.ndarray:
-    """``reps`` stationary AR(1) series of length n, unit innovations, mean 0: (reps, n)."""
-    e = rng.normal(size=(reps, n))
-    x = np.empty_like(e)
-    x[:, 0] = e[:, 0] / math.sqrt(1 - phi**2)
-    for t in range(1, n):
-        x[:, t] = phi * x[:, t - 1] + e[:, t]
-    return x
 
 
 def _covers(c: SeriesInterval, truth: float = 0.0) -> bool:
@@ -46,7 +39,7 @@ def test_coverage_on_ar1_plain_t_under_covers_corrected_ones_do_not():
     # at n = 30-60); tolerance 0.95 - 0.04 - 3 MC SE below, 0.99 above. 2000 series for the
     # n_eff interval, 400 (999 resamples each) for the circular block bootstrap.
     rng = np.random.default_rng(20240615)
-    x = _ar1(rng, 40, PHI, 2000)
+    x = ar1(rng, 40, PHI, 2000)
     t_crit = scipy.stats.t.ppf(0.975, 39)
     naive = np.mean(np.abs(x.mean(1)) <= t_crit * x.std(1, ddof=1) / math.sqrt(40))
     n_eff = np.mean([_covers(autocorr_mean_interval(row)) for row in x])
@@ -78,7 +71,7 @@ def test_coverage_on_independent_values_is_not_below_nominal():
 
 
 def test_autocorrelation_of_a_long_ar1_is_phi_to_the_k():
-    x = _ar1(np.random.default_rng(1), 20_000, PHI, 1)[0]
+    x = ar1(np.random.default_rng(1), 20_000, PHI, 1)[0]
     rho = autocorrelation(x, max_lag=4)
     assert rho.shape == (5,) and rho[0] == 1.0
     np.testing.assert_allclose(rho, PHI ** np.arange(5), atol=0.03)
@@ -91,7 +84,7 @@ def test_autocorrelation_of_a_long_ar1_is_phi_to_the_k():
 
 
 def test_effective_sample_size_of_ar1_is_n_over_tau():
-    x = _ar1(np.random.default_rng(2), 20_000, PHI, 1)[0]
+    x = ar1(np.random.default_rng(2), 20_000, PHI, 1)[0]
     tau = (1 + PHI) / (1 - PHI)  # 4
     assert effective_sample_size(x) == pytest.approx(20_000 / tau, rel=0.15)
     assert effective_sample_size(x, max_lag=30) == pytest.approx(20_000 / tau, rel=0.15)
@@ -118,7 +111,7 @@ def test_effective_sample_size_formula_bounds_and_errors():
 
 
 def test_autocorr_mean_interval():
-    x = _ar1(np.random.default_rng(4), 50, PHI, 1)[0]
+    x = ar1(np.random.default_rng(4), 50, PHI, 1)[0]
     c = autocorr_mean_interval(x)
     ne = effective_sample_size(x)
     half = scipy.stats.t.ppf(0.975, ne - 1) * x.std(ddof=1) / math.sqrt(ne)
@@ -144,7 +137,7 @@ def test_block_length_rule():
 
 
 def test_block_bootstrap_is_seeded_and_wider_than_plain_t():
-    x = _ar1(np.random.default_rng(6), 50, PHI, 1)[0]
+    x = ar1(np.random.default_rng(6), 50, PHI, 1)[0]
     a = block_bootstrap_interval(x, seed=3)
     assert a == block_bootstrap_interval(x, seed=3)
     assert a != block_bootstrap_interval(x, seed=4)

@@ -43,6 +43,7 @@ from grponorm.stats import (
     mean_correlation_reading,
 )
 from grponorm.stats.autocorr import _block_means, _geyer_tau
+from series import ar1
 
 with warnings.catch_warnings():  # arviz 0.x announces its 1.0 refactor on import
     warnings.simplefilter("ignore", FutureWarning)
@@ -51,14 +52,6 @@ with warnings.catch_warnings():  # arviz 0.x announces its 1.0 refactor on impor
 RTOL = 1e-10
 
 
-def _ar1(rng: np.random.Generator, n: int, phi: float, reps: int = 1) -> np.ndarray:
-    """``reps`` stationary AR(1) series of length n, unit innovations, mean 0: (reps, n)."""
-    e = rng.normal(size=(reps, n))
-    x = np.empty_like(e)
-    x[:, 0] = e[:, 0] / math.sqrt(1 - phi**2)
-    for t in range(1, n):
-        x[:, t] = phi * x[:, t - 1] + e[:, t]
-    return x
 
 
 #: (label, series): AR(1) at several phi and lengths, independent values, short series.
@@ -68,7 +61,7 @@ SERIES = [
         [(40, 0.6), (60, 0.6), (2000, 0.6), (200, 0.9), (40, -0.5), (40, 0.0), (500, 0.0),
          (12, 0.6), (8, 0.3)]
     )
-    for i, row in enumerate(_ar1(np.random.default_rng(100 + k), n, phi, 3))
+    for i, row in enumerate(ar1(np.random.default_rng(100 + k), n, phi, 3))
 ]
 
 
@@ -139,7 +132,7 @@ def test_effective_sample_size_agrees_with_arviz_on_long_series(phi):
     # divisor n - 2M - 1 (mean correction) and ArviZ's rho shift of 1/(n-1) on ~2M lags, plus
     # Stan's extra term, one sample autocorrelation (about 3 sqrt(tau/n) at most, relative
     # 3/sqrt(n tau) <= 3/sqrt(n)). grponorm caps n_eff at n; ArviZ does not (antithetic).
-    for x in _ar1(np.random.default_rng(7), 20_000, phi, 2):
+    for x in ar1(np.random.default_rng(7), 20_000, phi, 2):
         n = x.size
         ours = effective_sample_size(x)
         lag = autocorr_mean_interval(x).window
@@ -156,7 +149,7 @@ def test_arviz_ess_without_the_mean_correction_under_covers_at_30_steps():
     # paired difference has a Monte Carlo SE of about sqrt(p_discordant / 1500) ~ 0.006:
     # require 0.02, about 3 SE below both the 0.039 measured here and the 0.05 on 4000.
     rng = np.random.default_rng(11)
-    x = _ar1(rng, 30, 0.6, 1500)
+    x = ar1(rng, 30, 0.6, 1500)
     ours, theirs = [], []
     for row in x:
         c = autocorr_mean_interval(row)
@@ -189,7 +182,7 @@ def _arch_means(x: np.ndarray, block: int, reps: int, seed: int, circular: bool)
 def test_block_resamples_are_arch_resamples_with_the_same_generator(n, block, circular):
     # Both draw ceil(n/block) uniform starts per resample from the same Generator (in
     # [0, n) circular, [0, n - block] moving), lay blocks end to end and keep n values.
-    x = _ar1(np.random.default_rng(n + block), n, 0.6)[0]
+    x = ar1(np.random.default_rng(n + block), n, 0.6)[0]
     ours = _block_means(x, block, 500, circular, np.random.default_rng(5))
     np.testing.assert_allclose(ours, _arch_means(x, block, 500, 5, circular),
                                rtol=RTOL, atol=1e-12)
@@ -197,7 +190,7 @@ def test_block_resamples_are_arch_resamples_with_the_same_generator(n, block, ci
 
 @pytest.mark.parametrize("n, block", BLOCK_CASES)
 def test_block_bootstrap_intervals_are_archs_conf_int_with_the_same_generator(n, block):
-    x = _ar1(np.random.default_rng(2 * n + block), n, 0.6)[0]
+    x = ar1(np.random.default_rng(2 * n + block), n, 0.6)[0]
     reps, conf, seed = 999, 0.9, 3
 
     def arch_ci(method: str) -> np.ndarray:
@@ -224,7 +217,7 @@ def test_circular_bootstrap_variance_matches_the_closed_form_for_both():
     # exactly. Each sample variance of R = 20000 resampled means has a relative Monte Carlo SE
     # of about sqrt(2/R) = 1% (near-normal means): tolerance 5 SE. Independent seeds here.
     n, b, reps = 40, 8, 20_000
-    x = _ar1(np.random.default_rng(21), n, 0.6)[0]
+    x = ar1(np.random.default_rng(21), n, 0.6)[0]
     wrapped = np.concatenate([x, x[: b - 1]])
     blocks = np.convolve(wrapped, np.ones(b) / b, mode="valid")  # (n,) circular block means
     exact = float(np.mean((blocks - x.mean()) ** 2)) / (n // b)
@@ -240,7 +233,7 @@ def test_optimal_block_length_columns_stationary_and_circular():
     # Politis-White: b = (2 G^2 / D)^(1/3) n^(1/3) with D_SB = 2 g(0)^2 (stationary) and
     # D_CB = 4/3 g(0)^2 (circular), the same G and g(0): circular / stationary = 1.5^(1/3)
     # wherever neither hits arch's cap ceil(min(3 sqrt(n), n/3)).
-    x = _ar1(np.random.default_rng(31), 2000, 0.6, 5).T  # (n, 5): one series per column
+    x = ar1(np.random.default_rng(31), 2000, 0.6, 5).T  # (n, 5): one series per column
     bl = optimal_block_length(x)
     assert list(bl.columns) == ["stationary", "circular"]
     cap = math.ceil(min(3 * math.sqrt(2000), 2000 / 3))
@@ -260,7 +253,7 @@ def test_block_length_rule_against_politis_white():
     assert ours == math.ceil(2 * n ** (1 / 3))
     for phi, side in ((0.6, -1), (0.8, +1)):
         c = (1.5 * (2 * phi / (1 - phi**2)) ** 2) ** (1 / 3)
-        x = _ar1(np.random.default_rng(int(phi * 10)), n, phi, 20).T  # (n, 20)
+        x = ar1(np.random.default_rng(int(phi * 10)), n, phi, 20).T  # (n, 20)
         est = float(np.median(optimal_block_length(x)["circular"]))
         assert est / n ** (1 / 3) == pytest.approx(c, abs=0.15)
         assert side * (est - ours) > 0
@@ -272,7 +265,7 @@ def test_politis_white_block_under_covers_at_30_steps():
     # grponorm's fixed block 7 ~94% (module docstring of autocorr). Here 500 series, 999
     # resamples each: 95.0% vs 86.2%; Monte Carlo SE of the paired difference ~ sqrt(0.1 / 500)
     # ~ 0.014: require 0.03, about 4 SE below the 0.088 measured.
-    x = _ar1(np.random.default_rng(13), 30, 0.6, 500)
+    x = ar1(np.random.default_rng(13), 30, 0.6, 500)
     pw = np.ceil(optimal_block_length(x.T)["circular"].to_numpy())  # (500,)
     fixed, data_driven = [], []
     for i, row in enumerate(x):
