@@ -7,13 +7,15 @@ tokenizer's vocabulary. One training step per trainer.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import shutil
 import signal
-import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -58,6 +60,7 @@ COMBINED = {
     "what is 3 * 3 ?": [0.0, math.nan, 3.0, 0.5],
 }
 WORKER = Path(__file__).with_name("trl_two_process_worker.py")
+GLOO_WORKER = Path(__file__).with_name("gloo_teardown_worker.py")
 
 
 def _table_reward(table):
@@ -238,7 +241,8 @@ def test_metrics_reach_the_log(tiny_policy_dir, tmp_path):
     adv = _only_record(trainer)["advantages"]
     assert log["grponorm/normalizer"] == "rloo"
     assert json.loads(log["grponorm/normalizer_options"]) == {}
-    assert log["grponorm/frac_zero_variance"] == pytest.approx(1 / 3)
+    assert log["grponorm/frac_flat"] == pytest.approx(1 / 3)  # "2 + 2" is flat
+    assert log["grponorm/frac_zero_adv"] == pytest.approx(1 / 3)
     assert log["grponorm/adv_mean"] == pytest.approx(float(adv.mean()), abs=1e-6)
     assert log["grponorm/adv_std"] == pytest.approx(float(adv.std(correction=0)), rel=1e-5)
     assert log["grponorm/adv_abs_max"] == pytest.approx(float(adv.abs().max()), rel=1e-6)
@@ -276,16 +280,60 @@ def test_gathered_edge_cases():
     got = advantages_from_gathered(rewards, 2, 1, 2, "rloo")
     torch.testing.assert_close(got.all, torch.tensor([0.5, -0.5, 0.0, 0.0]))  # 1 - 0.5
     torch.testing.assert_close(got.local, torch.tensor([0.0, 0.0]))
-    assert (got.stats.n_zero_variance, got.stats.adv_abs_max) == (1, 0.5)
+    assert (got.stats.n_flat, got.stats.n_zero_adv, got.stats.adv_abs_max) == (1, 1, 0.5)
     assert math.isnan(float(got.group_reward_std[1]))
     single = advantages_from_gathered(torch.tensor([1.0, 0.0]), 1, 0, 2, "rloo")
-    assert bool((single.all == 0).all()) and single.stats.frac_zero_variance == 1.0
+    assert bool((single.all == 0).all())
+    assert (single.stats.frac_flat, single.stats.frac_zero_adv) == (1.0, 1.0)
+    # batch_zscore moves flat groups (and singletons): flat, but not zero
+    moved = advantages_from_gathered(torch.tensor([1.0, nan, 0.0, 0.0]), 2, 0, 4,
+                                     "batch_zscore")
+    assert (moved.stats.n_flat, moved.stats.n_zero_adv) == (2, 0)
+    assert bool((moved.all[[0, 2, 3]] != 0).all()) and float(moved.all[1]) == 0.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _launch_two_ranks(worker: Path, *args: object, timeout: float) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node 2 worker *args``, failing (not hanging) past
+    ``timeout``.
+
+    ``--standalone``: the launcher binds its store on a port the OS picks (no port chosen here and
+    bound later). Past ``timeout`` every rank still alive is asked for its Python stacks
+    (SIGUSR1: the workers register faulthandler) and, where py-spy is installed, its native ones;
+    the ranks (each in its own session under torchrun) and the launcher are then killed and the
+    test fails with those stacks and the end of stderr.
+    """
+    import psutil  # an accelerate dependency, hence there wherever TRL is
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(worker), *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        launcher = psutil.Process(proc.pid)
+        ranks = launcher.children(recursive=True)
+        venv_bin = str(Path(sys.executable).parent)
+        spy = shutil.which("py-spy") or shutil.which("py-spy", path=venv_bin)
+        report = []
+        for rank in ranks:
+            with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError,
+                                     subprocess.TimeoutExpired):  # a rank that ends meanwhile
+                report.append(f"--- pid {rank.pid}: {' '.join(rank.cmdline()[-3:])}")
+                os.kill(rank.pid, signal.SIGUSR1)  # Python stacks of all threads, to stderr
+                if spy:
+                    dump = subprocess.run([spy, "dump", "--native", "--pid", str(rank.pid)],
+                                          capture_output=True, text=True, timeout=60)
+                    report.append(dump.stdout + dump.stderr)
+        time.sleep(2)  # faulthandler writes from the signal handler
+        for p in [*ranks, launcher]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"{worker.name} did not finish in {timeout:.0f} s; ranks still alive:\n"
+                    + "\n".join(report) + f"\n--- stderr (end) ---\n{err[-12000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def test_two_processes_normalize_split_groups_whole(tiny_policy_dir, tmp_path):
@@ -295,27 +343,10 @@ def test_two_processes_normalize_split_groups_whole(tiny_policy_dir, tmp_path):
         from trl_two_process_worker import PER_RANK, TABLE
     finally:
         sys.path.remove(str(WORKER.parent))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    done = None
-    # The run takes ~12 s. Once in six CI runs one gloo rank was left waiting for 240 s after the
-    # other had gone (not reproduced since): the launch is retried once, on a new port, after
-    # killing the whole process group; a second hang fails the test.
-    for attempt in range(2):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_port", str(_free_port()), str(WORKER), str(tiny_policy_dir),
-               str(tmp_path)]
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, start_new_session=True)
-        try:
-            out, err = proc.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            if attempt == 1:
-                pytest.fail("the 2-process TRL run hung twice (120 s each)")
-            continue
-        done = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-        break
+    # ~12 s on a quiet machine, 25-50 s on 2 loaded cores. The worker tears gloo down after the
+    # DDP wrapper is gone (gloo_teardown_worker.destroy_after_ddp); the other order hung one rank
+    # at exit in 2 of 40 runs (test_gloo_teardown_... below forces that hazard).
+    done = _launch_two_ranks(WORKER, tiny_policy_dir, tmp_path, timeout=180)
     assert done.returncode == 0, done.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [(r["world_size"], r["backend"]) for r in ranks] == [(2, "gloo")] * 2
@@ -333,7 +364,26 @@ def test_two_processes_normalize_split_groups_whole(tiny_policy_dir, tmp_path):
     assert bool((split.abs() > 0.5).all())
     for r in ranks:
         assert r["log"]["grponorm/normalizer"] == "bernoulli_std"
-        assert r["log"]["grponorm/frac_zero_variance"] == 0.0
+        assert (r["log"]["grponorm/frac_flat"], r["log"]["grponorm/frac_zero_adv"]) == (0.0, 0.0)
+
+
+def test_gloo_teardown_with_a_gloo_thread_that_needs_the_gil(tmp_path):
+    """The teardown of the 2-process workers, with the hang's condition forced: on rank 0 a
+    Python callback holds a gloo worker thread until teardown begins and then needs the GIL.
+    Destroying the group after the DDP wrapper is freed (its Reducer would otherwise destroy it
+    under the GIL and join that thread for ever) waits for the thread, then exits."""
+    sys.path.insert(0, str(GLOO_WORKER.parent))
+    try:
+        from gloo_teardown_worker import HOLD_S
+    finally:
+        sys.path.remove(str(GLOO_WORKER.parent))
+    done = _launch_two_ranks(GLOO_WORKER, "safe", tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["gathered"] for r in ranks] == [[[0.0, 0.0], [1.0, 1.0]]] * 2
+    assert ranks[0]["held_on_worker_thread"] == [True]  # the callback ran on a gloo thread
+    # The group's destructor returned only after the held thread had taken the GIL again.
+    assert json.loads((tmp_path / "teardown0.json").read_text())["teardown_s"] >= HOLD_S
 
 
 #: A second reward function, fully scored, that disagrees with BINARY within groups.

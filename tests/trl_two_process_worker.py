@@ -4,16 +4,22 @@ Usage: ``torchrun --nproc_per_node 2 tests/trl_two_process_worker.py MODEL_DIR O
 Three prompts, G=4, 6 rows per process: group 1 (rewards 1, 1, 0, 0) is split across the two
 ranks, whose halves alone would be flat. Each rank runs one real training step and writes
 ``rank<r>.json``: its prompts, the advantages it trains on, the completions-table advantages
-(all ranks) and its logged metrics.
+(all ranks) and its logged metrics. The trainer (and its DDP wrapper) is freed before the gloo
+group is destroyed (:func:`gloo_teardown_worker.destroy_after_ddp`: the other order can leave
+a rank hanging at exit); SIGUSR1 dumps every thread's Python stack to stderr.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import json
+import signal
 import sys
 
 import torch
 import torch.distributed as dist
+
+from gloo_teardown_worker import destroy_after_ddp  # also imports torch.distributed.nn first
 
 #: Rewards by prompt and position in the group; the key order is the dataset order.
 TABLE = {
@@ -38,6 +44,7 @@ def main(model_dir: str, out_dir: str) -> None:
 
     from grponorm.integrations.trl import NormalizedGRPOTrainer
 
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # stacks on demand (the test)
     torch.set_num_threads(1)
     records = []
 
@@ -85,10 +92,11 @@ def main(model_dir: str, out_dir: str) -> None:
         "calls": records,
         "log": trainer.state.log_history[0],
     }
+    del trainer  # its DDP wrapper must go before the group does
     with open(f"{out_dir}/rank{rank}.json", "w") as f:
         json.dump(record, f)
     dist.barrier()
-    dist.destroy_process_group()  # a clean exit: gloo's threads stop before the interpreter does
+    destroy_after_ddp()
 
 
 if __name__ == "__main__":

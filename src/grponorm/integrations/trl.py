@@ -1,6 +1,6 @@
 """TRL backend: a ``GRPOTrainer`` whose advantages come from grponorm's normalizer registry.
 
-Tested with TRL 1.16.0 (transformers 5.24.0, accelerate 1.15.0, torch 2.13.0, CPU, one and two
+Tested with TRL 1.16.0 (transformers 5.25.0, accelerate 1.16.0, torch 2.13.0, CPU, one and two
 processes). TRL has no public advantage hook: its maintainers say to subclass and override
 ``_generate_and_score_completions`` (trl#4525); a ``_transform_advantages`` hook is only proposed
 (trl#7291, PR #7298). The subclass therefore stays thin and overrides three methods:
