@@ -110,7 +110,8 @@ MECHANISM = (
 
 def _mechanism_entries(per_seed: dict, sets: dict, effect: float) -> dict:
     """Paired rows of :data:`MECHANISM` (those whose normalizers ran): ``"a − b"`` -> set ->
-    entry (interval, n, verdict read against a gain of ``effect`` for a over b).
+    entry (interval, n, and a direction verdict: positive / negative / no clear difference at
+    ``effect``; no paper claim is read into these rows).
 
     Args:
         per_seed: normalizer -> set -> (S,) per-seed final mean pi* (one optimizer, one mode).
@@ -119,7 +120,7 @@ def _mechanism_entries(per_seed: dict, sets: dict, effect: float) -> dict:
     for a, b, what in MECHANISM:
         if a in per_seed and b in per_seed:
             out[f"{a} − {b}"] = {"question": what, **{
-                s: entry(compare(per_seed[a][s], per_seed[b][s]), +1, effect) for s in sets}}
+                s: entry(compare(per_seed[a][s], per_seed[b][s]), None, effect) for s in sets}}
     return out
 
 
