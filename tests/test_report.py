@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -116,17 +117,17 @@ def test_every_section_has_a_table_and_nonblank_figures(report):
     md = report.with_suffix(".md").read_text()
     for eid in ALL:
         assert f"## {eid}:" in md
-    assert "not run" not in md and "could not summarize" not in md
+    body = md[md.index("## E1:"):]  # the sections (the summary may name an unanswered question)
+    assert "not run" not in body and "could not summarize" not in md
     assert md.count("![") == sum(len(s["images"]) for s in sections.values())
 
 
 def test_cells_show_the_summarys_numbers_and_verdicts(report):
     """Each row of E3 (Std - No-Std per optimizer and LR mode) shows its comparison's interval
-    text and verdict from the summary, coloured by the verdict; the summary table repeats it."""
+    text and verdict from the summary, coloured by the verdict."""
     sections = _parse(report)
     s = _summary(report, "E3")
     rows = {r[0][0]: r for r in sections["E3"]["rows"][1:]}
-    top = {(r[0][0], r[1][0]): r for r in sections[None]["rows"][1:]}
     checked = 0
     for o, by_mode in s["comparisons"].items():
         for mode, by in by_mode.items():
@@ -147,7 +148,6 @@ def test_cells_show_the_summarys_numbers_and_verdicts(report):
                 assert shown == pytest.approx(e["diff"], abs=0.6 * 10**-digits), name
                 assert cell == verdict, name
                 assert cls == VERDICT_CLASS[Verdict.of_cell(cell)], name
-                assert top[("E3", name)][3:] == rows[name][2:], name  # ours, verdict, class
                 checked += 1
     assert checked == 2 * sum(len(m) for m in s["comparisons"].values()) >= 2
     e1 = _summary(report, "E1")["checks"]
@@ -198,9 +198,40 @@ def test_verdict_cells_are_coloured_by_their_verdict(tmp_path):
     assert got == [*cells.items(), ("Std is ahead, reproduced elsewhere", "ok"),
                    ("contradicted", "bad")]
     assert [r[2][0] for r in sections["E7"]["rows"][1:]] == [str(i) for i in range(len(rows))]
-    top = sections[None]["rows"]
-    assert top[-1][-1] == ("not run: No module named 'x'", "bad")
-    assert [r[-1] for r in top[1:-1]] == got  # the summary table: the same cells and colours
+    # the verdict summary: each verdict counted over every row, in its colour; the headline
+    # questions no row answers say so
+    heads, counts = _summary_tables(path)
+    expected = Counter(r[-1].verdict for r in render._typed(rows))
+    expected[Verdict.NOT_RUN] += 1  # E8
+    assert {Verdict(v[0]): int(n[0]) for v, n, _ in counts} == expected
+    assert all(v[1] == VERDICT_CLASS[Verdict(v[0])] for v, _, _ in counts)
+    assert len(heads) == len(render.HEADLINES)
+    assert all(r[-1] == ("not run: no row answers it", "bad") for r in heads)
+
+
+def _summary_tables(path):
+    """The verdict summary's two tables (rows without their header): headlines, counts."""
+    rows = _parse(path)[None]["rows"]
+    heads_end = next(i for i, r in enumerate(rows) if i and r[0][0] == "verdict")
+    return rows[1:heads_end], rows[heads_end + 1:]
+
+
+def test_the_report_opens_with_the_headline_answers(report):
+    """Headlines: each question's rows are the very rows of the sections they name (here E3's
+    tuned-LR and curvature-power rows), and the counts add up to every row of the report."""
+    sections = _parse(report)
+    heads, counts = _summary_tables(report)
+    text = report.read_text()
+    assert text.index("Verdict summary") < text.index("<section")
+    questions = [r[0][0] for r in heads if r[0][0]]
+    assert questions == [q for q, _ in render.HEADLINES]
+    found = [r for r in heads if r[1][0] == "E3"]
+    assert found
+    e3 = {r[0][0]: r for r in sections["E3"]["rows"][1:]}
+    for r in found:
+        assert r[2][0] in e3 and r[3:] == e3[r[2][0]][2:]  # ours, verdict, class
+    total = sum(len(sec["rows"]) - 1 for k, sec in sections.items() if k is not None)
+    assert sum(int(n[0]) for _, n, _ in counts) == total
 
 
 def test_a_summary_it_cannot_read_names_the_error_and_the_file(tmp_path, capsys):
@@ -276,6 +307,18 @@ window.addEventListener("load", () => {
     verdicts: [...document.querySelectorAll("td[class]")].map(
       (td) => [td.innerText, td.className, ...style(td)]),
     images: [...document.images].map((i) => [i.complete, i.naturalWidth, i.naturalHeight]),
+    // layout: each section's rows table and its first figure, as laid out on the page
+    pairs: [...document.querySelectorAll("section")].map((sec) => {
+      const t = sec.querySelector(".pair .rows table"), f = sec.querySelector(".pair .figs img");
+      const r = (e) => {
+        const b = e.getBoundingClientRect();
+        return [b.left, b.top, b.right, b.bottom];
+      };
+      return [sec.id, t ? r(t) : null, f ? r(f) : null];
+    }),
+    first: [...document.querySelectorAll("h2")].map((h) => h.innerText)[0],
+    summaryTop: document.getElementById("headlines").getBoundingClientRect().top,
+    firstSectionTop: document.querySelector("section").getBoundingClientRect().top,
   };
   const pre = document.createElement("pre");
   pre.id = "probe";
@@ -309,7 +352,7 @@ def test_report_renders_in_headless_chromium(report, tmp_path, chromium):
     page = tmp_path / "probed.html"
     page.write_text(report.read_text().replace("</body>", PROBE + "</body>"))
     dom = _browse(chromium, tmp_path / "profile", "--virtual-time-budget=10000", "--dump-dom",
-                  page.as_uri())
+                  "--window-size=1500,2000", page.as_uri())
     found = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
     assert found, dom[-2000:]
     probe = json.loads(html.unescape(found.group(1)))
@@ -340,6 +383,17 @@ def test_report_renders_in_headless_chromium(report, tmp_path, chromium):
     shown = {r[2] for r in sections["E3"] if r[0].startswith("group_std − none, final mean "
                                                              "π*, Hard")}
     assert texts == shown and texts
+
+    # layout: the verdict summary opens the page; in every section the figure stands beside
+    # its rows (to the right of the table, starting level with it), not below them
+    assert probe["first"] == "Verdict summary"
+    assert probe["summaryTop"] < probe["firstSectionTop"]
+    pairs = {sid: (t, f) for sid, t, f in probe["pairs"]}
+    assert set(pairs) == set(ALL)
+    for sid, (table, fig) in pairs.items():
+        assert table and fig, sid
+        assert fig[0] >= table[2] - 1, (sid, table, fig)  # left edge right of the table
+        assert fig[1] < table[3], (sid, table, fig)  # starts before the table ends
 
     shot = tmp_path / "shot.png"
     _browse(chromium, tmp_path / "profile2", f"--screenshot={shot}", "--window-size=1200,2400",

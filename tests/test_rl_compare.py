@@ -18,6 +18,7 @@ from scipy import stats  # noqa: E402
 from conftest import TINY_TRAIN  # noqa: E402  (tests/conftest.py)
 from grponorm.experiments import grid as grid_runner  # noqa: E402
 from grponorm.experiments import rl_compare, rl_compare_stats  # noqa: E402
+from grponorm.experiments.rows import VerdictCell  # noqa: E402
 from grponorm.rl.summary import read_metrics  # noqa: E402
 from grponorm.stats import compare  # noqa: E402
 from grponorm.stats.paired import Verdict  # noqa: E402
@@ -240,15 +241,18 @@ def test_comparisons_tuned_lr_is_cross_fitted_on_the_primary_metric():
 def test_report_rows_show_each_comparisons_numbers_and_verdict():
     c = rl_compare_stats._row("shared LR (adamw, 0.001)", "hard", "acc_end", [0.69, 0.7, 0.71],
                               [0.5, 0.5, 0.5], {})
-    bin_ = rl_compare_stats._row("base pass rate [0.25, 0.50]", "hard", "late group accuracy",
-                                 [0.3, 0.2, 0.4], [0.5, 0.45, 0.6], {"prompts": 12})
+    bin_ = {"what": "Std − No-Std by base pass rate p̂ in [0.25, 0.50], shared LR",
+            "slice": "hard", "text": "-0.2 [-0.3, -0.1], n=3 seeds", "change_a": 0.1,
+            "change_b": 0.3, "cell": VerdictCell("negative", Verdict.NEGATIVE)}
     (row, bin_row) = rl_compare.report_rows({"comparisons": [c], "bins": [bin_]})
     assert row[0] == "Hard: train sample accuracy, last window, shared LR (adamw, 0.001)"
     assert row[1] == "≈81% vs 76%"  # the paper's Figure 2, Hard slice
     assert row[2] == f"0.700 vs 0.500; Std − No-Std {c['text']}" and "+0.200 [" in row[2]
     assert row[3] == c["cell"] and row[3].startswith("reproduced; effects up to +0.2")
-    assert bin_["verdict"] is Verdict.CONTRADICTED and bin_row[3] == "Std behind here"
-    assert bin_row[0] == "Hard: base pass rate [0.25, 0.50] (12 prompt-steps)"
+    assert bin_row[0] == "Hard: Std − No-Std by base pass rate p̂ in [0.25, 0.50], shared LR"
+    assert bin_row[2].startswith("-0.2 [-0.3, -0.1], n=3 seeds; change in success vs p̂: Std "
+                                 "+0.100, No-Std +0.300")
+    assert bin_row[3] is bin_["cell"]
 
 
 def test_a_continued_grid_takes_more_seeds_only(tmp_path):

@@ -27,6 +27,7 @@ survives Adam.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -42,12 +43,17 @@ from ..bandit.simulate import bandit_normalizers, simulate_sampled
 from ..runs import Run, markdown_table
 from ..stats import compare
 from ..stats.crossfit import crossfit
+from .bandit_sampled_ranked import (
+    CURVE_NORMALIZERS,
+    FINAL,
+    MAX_LINES,
+    OPT_NAMES,
+    ranked_figure,
+)
 from .robust import rliable_rows
 from .rows import entry
 
 #: Column (and summary key) of the final mean pi* of a (set, normalizer) cell.
-FINAL = "final mean π*"
-OPT_NAMES = {"sgd": "SGD", "adam": "Adam"}
 
 
 @dataclass
@@ -224,6 +230,8 @@ def run(cfg: SampledConfig, progress: bool = True) -> dict:
         "mechanism": mechanism,
         "figures": figs, "run_dir": str(out.path),
     }
+    ranked_figure(summary, out.file(RANKED))
+    summary["figures"] = [RANKED, *figs]
     out.finish(summary)
     return summary
 
@@ -278,15 +286,40 @@ def _tables(cfg, feats_name, sets, grids, res, tuned, comparisons):
 # ------------------------------------------------------------------------------ figures
 
 
+#: E3's ranked interval plot (``bandit_sampled_ranked``), the first figure of its section.
+RANKED = "ranked_normalizers.png"
+
+
+def curve_normalizers(normalizers: list[str]) -> list[str]:
+    """The normalizers drawn as curves (at most :data:`MAX_LINES`): those of
+    :data:`CURVE_NORMALIZERS` that ran, else the first ones that ran."""
+    kept = [m for m in normalizers if m in CURVE_NORMALIZERS]
+    return (kept or list(normalizers))[:MAX_LINES]
+
+
+def figures_from_summary(summary: dict, out) -> list[str]:
+    """The figures of a report rebuilt from a committed summary: the ranked plot drawn from
+    the summary into ``out``, then the committed Std-gap figure (the committed curve figure of
+    an older run may hold more than :data:`MAX_LINES` lines a panel: left out)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ranked = ranked_figure(summary, out / RANKED).resolve()
+    run_dir = Path(summary["run_dir"]).resolve()
+    return [str(ranked), *(str(run_dir / f) for f in summary.get("figures", [])
+                           if f == "std_gap.png" and (run_dir / f).is_file())]
+
+
 def _figures(cfg, out, sets, grids, res, tuned, gap_by_lr, comparisons) -> list[str]:
-    """Curves at the tuned LR and the LR sweep per optimizer; the Std gap per LR."""
+    """Curves at the tuned LR and the LR sweep per optimizer (:func:`curve_normalizers`); the
+    Std gap per LR."""
     opts = list(cfg.optimizers)
+    drawn = curve_normalizers(cfg.normalizers)
     fig, axes = plotting.subplots(2 * len(opts), 2, w=4.8)
     for k, o in enumerate(opts):
         name, lrs = OPT_NAMES.get(o, o), grids[o][0]
         for col, set_name in enumerate(sets):
             ax = axes[2 * k][col]
-            for m in cfg.normalizers:
+            for m in drawn:
                 lr_seed, _ = tuned[o][set_name][m]
                 curves = np.stack([res[(o, set_name, m, lr)].mean_pi[i]
                                    for i, lr in enumerate(lr_seed)])  # (S, R)
@@ -299,7 +332,7 @@ def _figures(cfg, out, sets, grids, res, tuned, gap_by_lr, comparisons) -> list[
             ax.set_ylabel("mean π*")
             ax.legend(fontsize=6)
             ax = axes[2 * k + 1][col]
-            for m in cfg.normalizers:
+            for m in drawn:
                 fins = np.stack([res[(o, set_name, m, lr)].mean_pi[:, -1] for lr in lrs], 1)
                 ax.errorbar(lrs, fins.mean(0), yerr=plotting.ci_halfwidth(fins), label=m,
                             color=plotting.color(m), marker="o", ms=3, capsize=2)

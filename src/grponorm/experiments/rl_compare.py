@@ -45,15 +45,16 @@ from ..rl.problems import build_problems
 from ..rl.summary import read_metrics, read_summary, summary_cells, summary_window
 from ..runs import Run, environment, markdown_table
 from .grid import GridError, Job, plan, run_jobs
+from .rl_compare_bins import bin_rows, bins_figure, tuned_picks
 from .rl_compare_report import METRIC_LABELS, ordered, report_rows  # noqa: F401 (module API)
 from .rl_compare_spread import histogram_figure, measure_spread
 from .rl_compare_stats import (
     METRICS,
     PAPER,
     PREREGISTRATION,
+    PRIMARY,
     TUNED_PREREGISTRATION,
     base_rates,
-    bin_comparisons,
     comparisons,
     preregistration_mismatches,
     rliable_inputs,
@@ -79,6 +80,7 @@ class CompareConfig(TrainConfig):
     measure_spread: bool = True  # base pass rates: histograms and the pass-rate bins
     spread_n: int = 32  # questions per histogram (0 = all distinct questions)
     spread_levels: list = field(default_factory=list)  # candidate levels to histogram as well
+    spread_only: bool = False  # only measure grid_dir's base pass rates into its spread.json
     steps: int = 25  # training steps per run
     checkpoint_every: int = 5  # checkpoint every N steps of each run
     grid_dir: str = ""  # compare folder to continue (finished runs skipped; more --seeds extend it)
@@ -99,7 +101,7 @@ class CompareConfig(TrainConfig):
 CONTINUE_FIELD = "grid_dir"
 #: How a grid runs, not what it computes: taken from the invocation that continues a grid.
 EXECUTION_FIELDS = ("workers", "executor", "ray_address", "gpus_per_run", "run_memory_gb",
-                    "analyze_only")
+                    "analyze_only", "spread_only")
 #: How a grid is read, not what it trained: taken from the invocation too (``out`` is where an
 #: analysis goes; a continued training grid writes into its own folder).
 ANALYSIS_FIELDS = ("out", "pilot_dir", "rliable_reps")
@@ -217,9 +219,13 @@ def run(cfg: CompareConfig, progress: bool = True) -> dict:
         raise ValueError(f"slices must be one of {', '.join(SLICES)}; got {bad}")
     for norm in cfg.normalizers:  # fail fast, before any training
         train_config(cfg, norm, cfg.slices[0], cfg.seeds[0], Path(".")).validate()
+    if cfg.analyze_only and cfg.spread_only:
+        raise ValueError("analyze_only reads a grid and spread_only writes into it: choose one")
     todo = grid(cfg)
     if cfg.analyze_only:
         return _analyze(cfg, todo)
+    if cfg.spread_only:
+        return _spread_only(cfg, progress)
     how = plan(len(todo), workers=cfg.workers, executor=cfg.executor,
                ray_address=cfg.ray_address, threads=cfg.threads, device=cfg.device,
                gpus_per_run=cfg.gpus_per_run, run_memory_gb=cfg.run_memory_gb)
@@ -248,6 +254,22 @@ def run(cfg: CompareConfig, progress: bool = True) -> dict:
             + "\n".join(f"  {r.run_dir}: {r.error} (traceback in error.txt there)" for r in failed))
     points, curves = _collect(cfg, todo, [(Path(r.run_dir), r.summary) for r in results])
     return _finish(cfg, out, out.path, points, curves, spread)
+
+
+def _spread_only(cfg: CompareConfig, progress: bool) -> dict:
+    """``spread_only``: the base pass rates of the grid's training questions (and their
+    histograms) into ``grid_dir``'s ``spread.json`` / ``success_hist.png``; nothing is trained.
+    An existing ``spread.json`` is kept (refused: delete it to measure again)."""
+    if not cfg.grid_dir:
+        raise ValueError("spread_only measures into a grid folder: give grid_dir (--grid-dir)")
+    out = Run(Path(cfg.grid_dir))
+    if out.file("spread.json").is_file():
+        raise FileExistsError(f"{out.file('spread.json')} exists; delete it to measure again")
+    base = train_config(cfg, cfg.normalizers[0], "all", cfg.seeds[0], out.path)
+    spread = measure_spread(base, cfg.slices, cfg.spread_levels, cfg.spread_n, out, progress)
+    out.write_json("spread.json", spread)
+    return {"run_dir": str(out.path), "spread": {k: v for k, v in spread.items() if k != "rates"},
+            "questions": len(spread["rates"])}
 
 
 def _analyze(cfg: CompareConfig, todo: list[Point]) -> dict:
@@ -404,11 +426,7 @@ def _finish(cfg: CompareConfig, out: Run, grid_path: Path, points: dict, curves:
                                cfg.rliable_reps)
         bases = base_rates(points, cfg.slices, arms, shared)
         if spread and cfg.task == "arithmetic":
-            pool, _ = build_problems(train_config(cfg, arms[0], "all", 0, out.path))
-            questions = {p.id: p.question for p in pool}
-            for s in cfg.slices:
-                bins += bin_comparisons(curves, spread["rates"], questions, s, arms,
-                                        shared, cfg.bins)
+            bins = _bins(cfg, out, arms, curves, rows, spread["rates"])
     out.write_text("table.md", _table(cfg, entries, rows + robust, bins, spread, bases))
     # the main grid under "slice/normalizer" (what the report and older readers key on)
     main = {f"{k.split('/')[0]}/{k.split('/')[1]}": e for k, e in entries.items()
@@ -417,7 +435,8 @@ def _finish(cfg: CompareConfig, out: Run, grid_path: Path, points: dict, curves:
     summary = {
         "run_dir": str(out.path),
         "grid_dir": str(grid_path),
-        "figures": ["accuracy.png"] + (["success_hist.png"] if spread else []),
+        "figures": ["accuracy.png"] + (["pass_rate_bins.png"] if bins else [])
+        + (["success_hist.png"] if spread else []),
         "results": main,
         "points": entries,
         "comparisons": rows,
@@ -438,6 +457,28 @@ def _finish(cfg: CompareConfig, out: Run, grid_path: Path, points: dict, curves:
     }
     out.finish(summary)
     return summary
+
+
+def _bins(cfg: CompareConfig, out: Run, arms: tuple, curves: dict, rows: list[dict],
+          rates: dict) -> list[dict]:
+    """Std − No-Std by base pass rate (``rl_compare_bins``) at the shared LR and, where the
+    tuned rows ran, at each arm's cross-fitted LR; draws ``pass_rate_bins.png``."""
+    pool, _ = build_problems(train_config(cfg, arms[0], "all", 0, out.path))
+    questions = {p.id: p.question for p in pool}
+    seeds = sorted({seed for (_, seed) in curves})
+    bins = []
+    for s in cfg.slices:
+        readings = {"shared LR": (cfg.optimizer, {x: (cfg.lr, cfg.lr) for x in seeds})}
+        tuned = [r for r in rows if r.get("reading") == "tuned" and r["slice"] == s
+                 and r.get("metric") == PRIMARY and r.get("chosen")]
+        if tuned:
+            readings["tuned LR"] = (tuned[0]["optimizer"], tuned_picks(tuned[0], arms))
+        for reading, (opt, picks) in readings.items():
+            bins += bin_rows(curves, rates, questions, s, arms, opt, picks, cfg.bins,
+                             cfg.primary_window, reading, reps=cfg.rliable_reps)
+    if bins:
+        bins_figure(bins, cfg.slices, out.file("pass_rate_bins.png"))
+    return bins
 
 
 def _table(cfg: CompareConfig, entries: dict, rows: list, bins: list, spread,

@@ -5,6 +5,7 @@ bins, as the report's paper-vs-ours rows."""
 from __future__ import annotations
 
 from ..stats.paired import Verdict
+from .rl_compare_bins import EXPECTATION
 from .rl_compare_stats import INTERACTION, METRICS, PAPER
 from .rows import VerdictCell
 
@@ -80,9 +81,8 @@ def report_rows(s: dict) -> list[list]:
                      f"{b['acc_start']:.3f} over the first steps, {b['acc_primary']:.3f} over "
                      f"the primary window ({b['runs']} runs, both arms)",
                      VerdictCell(cell, Verdict.DIFFERS if off else Verdict.MEASURED)])
-    direction = {"reproduced": "Std ahead here", "contradicted": "Std behind here"}
     for c in s.get("bins", []):
-        cell = direction.get(c["verdict"], c["cell"]) if c["n"] > 1 else c["cell"]
-        rows.append([f"{c['slice'].capitalize()}: {c['what']} ({c['prompts']} prompt-steps)",
-                     "benefit smallest near 50%", c["text"], cell])
+        rows.append([f"{c['slice'].capitalize()}: {c['what']}", EXPECTATION,
+                     f"{c['text']}; change in success vs p̂: Std {c['change_a']:+.3f}, "
+                     f"No-Std {c['change_b']:+.3f}", c["cell"]])
     return rows

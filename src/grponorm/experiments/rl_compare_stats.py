@@ -40,7 +40,7 @@ from .robust import rliable_rows
 from .rows import VerdictCell, effect_cell, entry
 
 __all__ = ["EXPECTED", "PAPER", "PAPER_EFFECT", "PREREGISTERED_SETTINGS", "PREREGISTRATION",
-           "TUNED_PREREGISTRATION", "base_rates", "bin_comparisons", "comparisons",
+           "TUNED_PREREGISTRATION", "base_rates", "comparisons",
            "preregistration_mismatches", "rliable_inputs", "rliable_rows", "tuned_comparisons"]
 
 #: The paper's Figure 2 (Qwen2.5-Math-1.5B, GSM8K; smoothed training sample accuracy, %).
@@ -370,50 +370,3 @@ def rliable_inputs(rows: list[dict], reading: str) -> dict[str, tuple[list, list
     ``reading`` (``"confirmatory"``, ``"shared"``, ``"tuned"``: the cross-fitted values)."""
     return {r["slice"]: (r["a"], r["b"]) for r in rows
             if r.get("reading") == reading and r.get("metric") == PRIMARY and "a" in r}
-
-
-def bin_comparisons(curves: dict, rates: dict[str, float], questions: dict[str, str],
-                    slice_: str, arms: tuple, shared: tuple, edges: list[float]) -> list[dict]:
-    """Std minus No-Std accuracy on the prompts of each base-pass-rate bin (second half of
-    training), paired by seed: is the benefit smallest near 50% success?
-
-    Args:
-        curves: ``(point key, seed)`` -> the run's train records.
-        rates: question text -> base pass rate. questions: problem id -> question text.
-        edges: inner bin edges, e.g. ``[0.25, 0.5, 0.75]``.
-    """
-    bounds = [0.0, *edges, 1.0 + 1e-9]
-    opt, lr = shared
-    per_arm: dict[str, dict[int, list]] = {}
-    for arm in arms:
-        key = _key(slice_, arm, opt, lr)
-        per_arm[arm] = {}
-        for (k, seed), recs in curves.items():
-            if k != key:
-                continue
-            late = recs[len(recs) // 2:]
-            sums = np.zeros((len(bounds) - 1, 2))  # (bin, [sum of acc, count])
-            for r in late:
-                for pid, acc in zip(r["problems"], r.get("group_acc") or [], strict=False):
-                    rate = rates.get(questions.get(pid, ""))
-                    if rate is None:
-                        continue
-                    b = int(np.searchsorted(bounds, rate, side="right") - 1)
-                    sums[b] += (acc, 1)
-            per_arm[arm][seed] = sums
-    rows = []
-    seeds = sorted(set(per_arm[arms[0]]) & set(per_arm[arms[1]]))
-    for b in range(len(bounds) - 1):
-        xa, xb, count = [], [], 0
-        for seed in seeds:
-            sa, sb = per_arm[arms[0]][seed][b], per_arm[arms[1]][seed][b]
-            if sa[1] and sb[1]:
-                xa.append(sa[0] / sa[1])
-                xb.append(sb[0] / sb[1])
-                count += int(sa[1])
-        if xa:
-            label = f"base pass rate [{bounds[b]:.2f}, {min(bounds[b + 1], 1.0):.2f}]"
-            rows.append(_row(label, slice_, "late group accuracy", xa, xb,
-                             {"bin": [bounds[b], min(bounds[b + 1], 1.0)], "prompts": count}))
-    return rows
-

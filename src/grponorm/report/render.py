@@ -14,13 +14,16 @@ from ..experiments.rows import VerdictCell, as_verdict_cell
 from ..stats.paired import Verdict
 
 CSS = """
-body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+body{font-family:system-ui,sans-serif;max-width:1500px;margin:2em auto;padding:0 1em;color:#222}
 h1{font-size:1.6em} h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
 table{border-collapse:collapse;margin:.8em 0;font-size:.9em}
 td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left} th{background:#f3f3f3}
 img{max-width:100%;border:1px solid #eee} .meta{color:#555;font-size:.9em}
 .bad{color:#b00020;font-weight:bold} .ok{color:#0a7d28} .neutral{color:#666}
 pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:.8em}
+.pair{display:grid;grid-template-columns:minmax(0,1.15fr) minmax(0,1fr);gap:1.2em;
+align-items:start} .figs img{display:block;margin-bottom:.8em}
+@media (max-width:1000px){.pair{grid-template-columns:minmax(0,1fr)}}
 """
 HEADER = ["quantity", "paper", "ours", "verdict"]
 
@@ -126,8 +129,88 @@ def _provenance(rec: dict) -> str:
     return f"wall time {rec['wall_time_s']} s ({ran})"
 
 
+#: The report's opening answers: (question, [(section, substrings, every match?), ...]). A
+#: section's first row whose quantity holds every substring answers it (every such row when
+#: the third item is True); a question no row answers says "not run".
+HEADLINES = [
+    ("Does Std help at one shared learning rate? (language model, Hard)",
+     [("E6", ("Hard: PRIMARY",), False)]),
+    ("Does Std's benefit survive a tuned learning rate?",
+     [("E6-tuned", ("Hard: PRIMARY", "tuned LR"), False),
+      ("E3", ("group_std − none, final mean π*, Hard", "SGD, tuned LR"), False),
+      ("E3", ("group_std − none, final mean π*, Hard", "Adam, tuned LR"), False)]),
+    ("Where on the p̂ axis does Std act? (language model, by base pass rate)",
+     [("E6", ("Hard: Std − No-Std by base pass rate",), True),
+      ("E6-tuned", ("Hard: Std − No-Std by base pass rate", "tuned LR"), True)]),
+    ("Does the Fisher track the reward variance? (language model, same step)",
+     [("E5", ("Fisher vs reward variance, same step",), False)]),
+    ("Is std the right power of the curvature? (bandit: power 1 − power ½, exact curvature)",
+     [("E3", ("oracle_curvature − oracle_std", "Hard", "SGD, tuned LR"), False),
+      ("E3", ("oracle_curvature − oracle_std", "Hard", "Adam, tuned LR"), False)]),
+]
+HEADLINE_HEADER = ["question", "exp", "quantity", "ours", "verdict"]
+
+
+def headline_rows(by_section: dict[str, list[list]]) -> list[list]:
+    """The rows of :data:`HEADLINES` found in ``by_section`` (section -> typed rows):
+    ``[question, section, quantity, ours, verdict]``; the question is shown once."""
+    out = []
+    for question, specs in HEADLINES:
+        found = []
+        for sec, parts, every in specs:
+            hits = [r for r in by_section.get(sec, []) if all(p in str(r[0]) for p in parts)]
+            found += [[sec, r[0], r[2], r[3]] for r in (hits if every else hits[:1])]
+        if not found:
+            found = [["-", "-", "-", VerdictCell(f"{Verdict.NOT_RUN.value}: no row answers it",
+                                                 Verdict.NOT_RUN)]]
+        out += [[question if i == 0 else "", *f] for i, f in enumerate(found)]
+    return out
+
+
+def verdict_counts(by_section: dict[str, list[list]]) -> list[list]:
+    """``[verdict, rows, sections]`` per verdict, most frequent first, over every row."""
+    counts: dict[Verdict, list] = {}
+    for sec, rows in by_section.items():
+        for r in rows:
+            c = counts.setdefault(r[-1].verdict, [0, []])
+            c[0] += 1
+            if sec not in c[1]:
+                c[1].append(sec)
+    order = sorted(counts.items(), key=lambda kv: (-kv[1][0], list(Verdict).index(kv[0])))
+    return [[v, n, ", ".join(secs)] for v, (n, secs) in order]
+
+
+def _summary_html(heads: list[list], counts: list[list]) -> str:
+    rows = []
+    for r in heads:
+        cells = [f"<td>{html.escape(str(c))}</td>" for c in r[:-1]]
+        cells.append(f'<td class="{VERDICT_CLASS[r[-1].verdict]}">{html.escape(str(r[-1]))}'
+                     "</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    head = "".join(f"<th>{h}</th>" for h in HEADLINE_HEADER)
+    count_rows = "".join(f'<tr><td class="{VERDICT_CLASS[v]}">{html.escape(v.value)}</td>'
+                         f"<td>{n}</td><td>{html.escape(secs)}</td></tr>"
+                         for v, n, secs in counts)
+    return ("<h2 id='summary'>Verdict summary</h2><h3>The headline answers</h3>"
+            f"<table id='headlines'><tr>{head}</tr>{''.join(rows)}</table>"
+            "<h3>Verdicts over every row</h3><table id='counts'><tr><th>verdict</th>"
+            f"<th>rows</th><th>sections</th></tr>{count_rows}</table>")
+
+
+def _summary_md(heads: list[list], counts: list[list]) -> list[str]:
+    lines = ["## Verdict summary", "", "### The headline answers", "",
+             "| " + " | ".join(HEADLINE_HEADER) + " |", "|" + "---|" * len(HEADLINE_HEADER)]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in heads]
+    lines += ["", "### Verdicts over every row", "", "| verdict | rows | sections |",
+              "|---|---|---|"]
+    lines += [f"| {v.value} | {n} | {secs} |" for v, n, secs in counts]
+    return [*lines, ""]
+
+
 def write_report(root: Path, experiments, records: list[dict], meta: dict) -> Path:
-    """Write root/report.html and root/report.md; return the HTML path."""
+    """Write root/report.html and root/report.md; return the HTML path. The report opens with
+    the verdict summary (the headline answers of :data:`HEADLINES` and the count of each
+    verdict); each experiment's section then shows its rows with its figures beside them."""
     root = Path(root)
     env = meta["environment"]
     env_line = ", ".join(f"{k} {v}" for k, v in env.items())
@@ -139,7 +222,7 @@ def write_report(root: Path, experiments, records: list[dict], meta: dict) -> Pa
     md = [f"# grponorm — reproduction report ({meta['profile']} profile)", "",
           f"{meta['date']} · wall time {meta['wall_time_s']} s · `{meta['command']}`", "",
           env_line, ""]
-    summary_rows = []
+    by_section: dict[str, list[list]] = {}
     for exp, rec in zip(experiments, records):
         title = f"{exp.eid}: {exp.title}"
         h.append(f"<section id='{exp.eid}'><h2>{html.escape(title)}</h2>")
@@ -148,19 +231,18 @@ def write_report(root: Path, experiments, records: list[dict], meta: dict) -> Pa
             note = f"{Verdict.NOT_RUN.value}: {rec.get('reason', rec.get('status'))}"
             h.append(f"<p class='bad'>{html.escape(note)}</p></section>")
             md += [f"**{note}**", ""]
-            summary_rows.append([exp.eid, exp.title, exp.paper, "-",
-                                 VerdictCell(note, Verdict.NOT_RUN)])
+            by_section[exp.eid] = [[exp.title, exp.paper, "-", VerdictCell(note, Verdict.NOT_RUN)]]
             continue
         s = rec["summary"]
         rows = _rows(exp, s, root / exp.eid / "done.json")
         where = _provenance(rec)
         h.append(f"<p class='meta'>Paper: {html.escape(exp.paper)} · {html.escape(where)} · "
                  f"run folder <code>{html.escape(str(s.get('run_dir')))}</code></p>")
-        h.append(_html_table(rows))
+        figs = _figures(s)
+        h.append(f"<div class='pair'><div class='rows'>{_html_table(rows)}</div>"
+                 f"<div class='figs'>{''.join(_img_tag(f) for f in figs)}</div></div>")
         md += [f"Paper: {exp.paper} · {where} · `{s.get('run_dir')}`", "", _md_table(rows), ""]
-        for fig in _figures(s):
-            h.append(_img_tag(fig))
-            md += [f"![{fig.name}]({_relative(fig, root)})", ""]
+        md += [line for fig in figs for line in (f"![{fig.name}]({_relative(fig, root)})", "")]
         cfg = json.dumps(rec["config"], indent=1, default=str)
         h.append(f"<details><summary>config</summary><pre>{html.escape(cfg)}</pre></details>")
         table = Path(s.get("run_dir", "")) / "table.md"
@@ -168,10 +250,11 @@ def write_report(root: Path, experiments, records: list[dict], meta: dict) -> Pa
             h.append("<details><summary>full table</summary><pre>"
                      f"{html.escape(table.read_text())}</pre></details>")
         h.append("</section>")
-        summary_rows += [[exp.eid, *r] for r in rows]
+        by_section[exp.eid] = rows
     h.append("</body></html>")
-    h.insert(3, "<h2 id='summary'>Paper vs ours</h2>" + _html_table(summary_rows, ["exp"]))
-    md[6:6] = ["## Paper vs ours", "", _md_table(summary_rows, ["exp"]), ""]
+    heads, counts = headline_rows(by_section), verdict_counts(by_section)
+    h.insert(3, _summary_html(heads, counts))
+    md[6:6] = _summary_md(heads, counts)
     (root / "report.html").write_text("\n".join(h))
     (root / "report.md").write_text("\n".join(md) + "\n")
     return root / "report.html"

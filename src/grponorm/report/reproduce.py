@@ -219,6 +219,9 @@ def rebuild(results: str | Path = "results", out: str | Path | None = None,
             summary = {**summary, "run_dir": str(folder),  # figures that were committed only
                        "figures": [f for f in summary.get("figures", [])
                                    if (folder / f).is_file()]}
+            draw = getattr(mod, "figures_from_summary", None)  # figures drawn from the summary
+            if draw is not None:
+                summary["figures"] = draw(summary, out / key)
         source = _provenance(eid, folder, summary)
         records.append({"eid": key, "status": "done", "profile": "cpu", "summary": summary,
                         "config": json.loads((folder / "config.json").read_text())["config"],
