@@ -271,6 +271,11 @@ def test_a_continued_grid_takes_more_seeds_only(tmp_path):
     assert again.seeds == [8, 9, 10, 11]
     other = rl_compare._settings(rl_compare.CompareConfig(grid_dir=str(run.path), seeds=[0]))
     assert other.seeds == [8, 9, 10, 11]
+    # a setting of the grid given anew is refused, not ignored; the grid's own value passes
+    with pytest.raises(ValueError, match=r"steps=7 \(the grid's: 3\)"):
+        rl_compare._settings(rl_compare.CompareConfig(grid_dir=str(run.path), steps=7))
+    assert rl_compare._settings(rl_compare.CompareConfig(grid_dir=str(run.path),
+                                                         steps=3)).steps == 3
 
 
 def _fake_grid(folder: Path, seeds: list[int], skip: set[str], acc, lrs=(1.5e-4, 1.5e-3, 5e-3),

@@ -200,6 +200,15 @@ def _settings(cfg: CompareConfig) -> CompareConfig:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"cannot continue: {path / 'config.json'} not found")
     saved = load_saved_config(path, CompareConfig)
+    default = CompareConfig()
+    kept = {*EXECUTION_FIELDS, *ANALYSIS_FIELDS, "seeds", "grid_dir", "resume"}
+    clash = [f"{f.name}={getattr(cfg, f.name)!r} (the grid's: {getattr(saved, f.name)!r})"
+             for f in dataclasses.fields(CompareConfig) if f.name not in kept
+             and getattr(cfg, f.name) != getattr(default, f.name)
+             and getattr(cfg, f.name) != getattr(saved, f.name)]
+    if clash:  # a setting given on the command line would otherwise be ignored in silence
+        raise ValueError(f"{path} continues with the settings it was started with; these "
+                         f"differ: {'; '.join(clash)}. Drop them, or start a new grid")
     seeds = list(saved.seeds)
     if set(saved.seeds) < set(cfg.seeds) and not cfg.analyze_only:  # extend it, in order
         seeds += [s for s in cfg.seeds if s not in saved.seeds]
