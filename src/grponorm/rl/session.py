@@ -35,7 +35,9 @@ from .config import TrainConfig
 from .models import resolved_dtype
 from .policy import Policy, load_policy
 from .problems import build_problems, select_problems, step_seed
+from .random_model import random_model_facts
 from .rewards import batch_rewards
+from .shapes import is_random
 from .sinks import MetricSinks
 from .summary import reward_fields, summarize, summary_table
 
@@ -325,6 +327,8 @@ def finish(prep: Prepared, model, setup_s: float, train_time_s: float,
     threads, threads_reason = prep.threads
     summary.update(dtype=dtype, dtype_reason=dtype_reason, threads=threads,
                    threads_reason=threads_reason)
+    if is_random(cfg.model):  # a random-weight model of a named shape: say which, EOS on/off
+        summary.update(random_model_facts(cfg.model))
     summary.update(extra or {})
     if cfg.lora_r > 0 and hasattr(model, "save_pretrained"):
         model.save_pretrained(out.file("adapter"))
