@@ -30,15 +30,23 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 pipq --upgrade pip
-pipq "torch==2.13.0" "numpy>=2,<3"
+# The CPU wheel 2.13.0, pinned here (and in setup.sh) only: grponorm declares a torch range
+# (pyproject.toml, docs/install.md); with no torch installed a range would pull PyPI's CUDA build.
+# The constraint file holds the later installs (transformers, peft, ...) to that torch.
+TORCH_PIN="torch==2.13.0"
+TORCH_CONSTRAINT=$(mktemp)
+trap 'rm -f "$TORCH_CONSTRAINT"' EXIT
+echo "$TORCH_PIN" >"$TORCH_CONSTRAINT"
+pipq "$TORCH_PIN" "numpy>=2,<3"
 # verl and torchdata without their dependency trees (vllm, flash-attn, a torch of their own, ...)
 pipq --no-deps "verl==0.9.1" "torchdata==0.11.0"
 # What `import verl` and the estimator code need: core_algos ...
-pipq "transformers>=5.5.3,!=5.6.0,<5.11" "ray>=2.41" "tensordict>=0.8,!=0.9.0,<=0.10.0" pyvers \
-  "omegaconf>=2.3" "hydra-core>=1.3" codetiming orjson cloudpickle msgpack protobuf jsonschema \
-  attrs referencing rpds-py jsonschema-specifications "pytest>=8"
+pipq -c "$TORCH_CONSTRAINT" "transformers>=5.5.3,!=5.6.0,<5.11" "ray>=2.41" \
+  "tensordict>=0.8,!=0.9.0,<=0.10.0" pyvers "omegaconf>=2.3" "hydra-core>=1.3" codetiming orjson \
+  cloudpickle msgpack protobuf jsonschema attrs referencing rpds-py jsonschema-specifications \
+  "pytest>=8"
 # ... and ray_trainer.compute_advantage, the function that calls estimators in training.
-pipq datasets pillow peft cachetools fastapi uvicorn
+pipq -c "$TORCH_CONSTRAINT" datasets pillow peft cachetools fastapi uvicorn
 pipq --no-deps -e .
 "$VENV/bin/python" -c "import verl, torch, grponorm; print('verl', verl.__version__, '| torch', \
 torch.__version__, '| grponorm', grponorm.__version__)"
