@@ -11,14 +11,12 @@ from grponorm.bandit.features import (
     overlap_features,
     theta_for_logits,
 )
+from grponorm.bandit.sampled import sample_outputs, sampled_direction, simulate_sampled
 from grponorm.bandit.simulate import (
     first_crossing,
     local_times,
-    sample_outputs,
-    sampled_direction,
     selection_sequence,
     simulate_exact,
-    simulate_sampled,
 )
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from grponorm.bandit.exact import hess_J
 from grponorm.bandit.features import orthogonal_features
-from grponorm.bandit.simulate import sample_outputs
+from grponorm.bandit.sampled import sample_outputs
 from grponorm.diagnostics import bandit_proxy as bp
 from grponorm.diagnostics.correlation import correlation, lag_table, per_step, summarize
 

@@ -10,7 +10,7 @@ from grponorm.bandit.features import (
     overlap_features,
     theta_for_logits,
 )
-from grponorm.bandit.simulate import (
+from grponorm.bandit.sampled import (
     adam_update,
     axis_scales,
     sample_outputs,

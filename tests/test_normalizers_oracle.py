@@ -7,7 +7,8 @@ import pytest
 
 from grponorm.bandit.exact import softmax_with_complement
 from grponorm.bandit.features import initial_logits, orthogonal_features
-from grponorm.bandit.simulate import bandit_normalizers, hessian_norms, simulate_sampled
+from grponorm.bandit.sampled import hessian_norms, simulate_sampled
+from grponorm.bandit.simulate import bandit_normalizers
 from grponorm.normalizers import MissingContextError, NormalizerContext, normalize
 from grponorm.rl.config import TrainConfig
 

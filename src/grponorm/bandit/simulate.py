@@ -3,7 +3,7 @@
 Two schedules, as in docs/theory.md §1:
     exact   (`simulate_exact`): each step draws one question uniformly and applies the exact
             REINFORCE or GRPO update (the setting of Theorems 3-4).
-    sampled (`simulate_sampled`): each step updates every question with G sampled outputs,
+    sampled (`sampled.simulate_sampled`): each step updates every question with G sampled outputs,
             binary rewards and advantages from any registered normalizer (the synthetic tasks).
 
 Two paths compute each schedule:
@@ -13,31 +13,35 @@ Two paths compute each schedule:
           happened, so every question advances in "local time" at once (vectorized), mapped
           to global time by the per-seed selection counts: the same process, step for step.
     dense (any features): parameter space, theta (S, d), one global step at a time.
+The exact schedule's fast path has two engines: NumPy (`_local_tables`, path "fast", the
+reference) and a compiled twin of it (path "numba", grponorm.bandit.kernels: every chain only as
+long as a seed needs it; per-seed logits go through `kernels.seed_records` in one pass, a shared
+z0 through `kernels.chain_tables`). "auto" takes "numba" when numba imports and says in
+`ExactRun.path_note` (and a logged warning) when it could not.
 
 Both paths draw the same random numbers from the same seeds, so on orthogonal instances
 they agree to rounding. Everything is float64.
 
-Optimizers (sampled schedule): SGD ascent theta += eta g (the theory's one global step) or
-Adam on theta. Adam is per coordinate of theta, so logit space reproduces it only for
-axis-aligned rows (`axis_scales`, e.g. `orthogonal_features(rank=None)`); else it runs dense.
+The sampled schedule lives in ``bandit.sampled`` (its optimizers there); this module holds the
+exact schedule and what both share.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import logging
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..normalizers import (
-    NormalizerContext,
     available_normalizers,
     get_spec,
-    make_state,
-    normalize,
 )
-from .exact import METHODS, logit_direction, logit_hessians, softmax_with_complement
+from . import kernels
+from .exact import METHODS, logit_direction, softmax_with_complement
 from .features import Features
+
+_log = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------ shared utilities
 
@@ -91,6 +95,30 @@ def _pick_path(features: Features, path: str) -> str:
     if path not in ("fast", "dense"):
         raise ValueError(f"path must be 'auto', 'fast' or 'dense', got {path!r}")
     return path
+
+
+def _pick_exact_path(features: Features, path: str) -> tuple[str, str]:
+    """`_pick_path` plus the exact schedule's compiled engine: returns (path, note).
+
+    "numba" needs orthogonal features and numba (else ImportError with the install hint);
+    "auto" on orthogonal features takes "numba" when numba imports, else "fast" with a note
+    saying why (also logged as a warning)."""
+    if path not in ("auto", "fast", "numba", "dense"):
+        raise ValueError(f"path must be 'auto', 'fast', 'numba' or 'dense', got {path!r}")
+    if path == "numba":
+        if not features.orthogonal:
+            raise ValueError("the numba path needs orthogonal features (Assumption 2); "
+                             "use 'dense'")
+        kernels.require_numba()
+        return "numba", ""
+    path = _pick_path(features, path) if path != "auto" else (
+        "numba" if features.orthogonal else "dense")
+    if path == "numba" and not kernels.numba_available():
+        note = (f"numba is not importable ({kernels.numba_missing_reason()}), so the NumPy "
+                f"fast path ran; {kernels.INSTALL_HINT} for the compiled one")
+        _log.warning("simulate_exact: %s", note)
+        return "fast", note
+    return path, ""
 
 
 def _gram_apply(features: Features, g: np.ndarray) -> np.ndarray:
@@ -152,6 +180,8 @@ class ExactRun:
         sel_pi: (S, T) pi* of the question drawn at each step, before its update.
         sel_sqrtv: (S, T) its sqrt(pi* (1 - pi*)) (the complement taken without cancellation).
         sel_grad2: (S, T) ||grad J_{i_t}(theta_t)||^2 (only when track_grad).
+        path: the engine that ran: "numba", "fast" (NumPy logit space) or "dense".
+        path_note: why "auto" did not take "numba" (numba not importable), else "".
     """
 
     t: np.ndarray
@@ -163,6 +193,7 @@ class ExactRun:
     sel_sqrtv: np.ndarray
     sel_grad2: np.ndarray | None = None
     path: str = ""
+    path_note: str = ""
 
 
 def _record_points(T: int, record_every: int) -> np.ndarray:
@@ -237,7 +268,8 @@ def simulate_exact(
         method: "reinforce" or "grpo". eta: step size (paper: 1/X_max^2 or 1/(2 X_max^2)).
         T: steps. seeds: one seed per run (the question sequence of seed s is
             `selection_sequence(s, n, T)` on both paths).
-        path: "fast", "dense" or "auto" (fast when the features are orthogonal).
+        path: "fast" (NumPy logit space, the reference), "numba" (its compiled twin; needs
+            numba), "dense" or "auto" (numba, else fast, when the features are orthogonal).
         record_every: stride of the recorded mean-pi* curve.
         thresholds: mean-pi* levels for `steps_to`.
         track_grad: also record ||grad J_{i_t}||^2 at every step (for Theorems 3-4).
@@ -248,49 +280,70 @@ def simulate_exact(
     a, seeds = _check_common(features, a, eta, T, seeds)
     n, K, S = features.n, features.K, len(seeds)
     z0 = _check_z0(z0, S, n, K)
-    path = _pick_path(features, path)
+    path, note = _pick_exact_path(features, path)
     seqs = np.stack([selection_sequence(s, n, T) for s in seeds])  # (S, T)
     rec = _record_points(T, record_every)
-    if path == "fast":
-        out = _exact_fast(features, a, z0, method, eta, seqs, track_grad)
+    if path in ("fast", "numba"):
+        out = _exact_fast(features, a, z0, method, eta, seqs, track_grad, path == "numba")
     else:
         out = _exact_dense(features, a, z0, method, eta, seqs, track_grad, theta0)
     mean_curve, C, final_pi, sel_pi, sel_sqv, sel_g2 = out  # mean_curve (S, T+1)
     steps_to = {float(h): first_crossing(mean_curve, h) for h in thresholds}
     return ExactRun(t=rec, mean_pi=mean_curve[:, rec], steps_to=steps_to, C=C,
                     final_pi=final_pi, sel_pi=sel_pi, sel_sqrtv=sel_sqv, sel_grad2=sel_g2,
-                    path=path)
+                    path=path, path_note=note)
 
 
-def _exact_fast(features, a, z0, method, eta, seqs, track_grad):
+def _exact_fast(features, a, z0, method, eta, seqs, track_grad, compiled=False):
     S, T = seqs.shape
     n = features.n
+    if compiled and z0.shape[0] == S:  # per-seed logits: one compiled pass, no tables
+        return _exact_records(features, a, z0, method, eta, seqs, track_grad)
     ks = np.stack([local_times(seq, n) for seq in seqs])  # (S, T)
-    kmax = int(ks.max()) + 1
-    pi, sqv, g2 = _local_tables(features, a, z0, method, eta, kmax, track_grad)
+    if compiled:  # each chain only as far as a seed reads it (the shared z0: the longest)
+        counts = np.stack([np.bincount(seq, minlength=n) for seq in seqs])  # (S, n)
+        pi, sqv, g2 = kernels.chain_tables(*_correct_first(features, a, z0), method, eta,
+                                           counts.max(axis=0, keepdims=True), track_grad)
+    else:
+        kmax = int(ks.max()) + 1
+        pi, sqv, g2 = _local_tables(features, a, z0, method, eta, kmax, track_grad)
     mean_curve = np.empty((S, T + 1))
     C = np.empty(S)
     final_pi = np.empty((S, n))
     sel_pi = np.empty((S, T))
     sel_sqv = np.empty((S, T))
     sel_g2 = np.empty((S, T)) if track_grad else None
+    width = pi.shape[2]
     for s in range(S):
         src = 0 if pi.shape[0] == 1 else s
         i, k = seqs[s], ks[s]
-        sel_pi[s] = pi[src, i, k]
-        sel_sqv[s] = sqv[src, i, k]
-        jump = pi[src, i, k + 1] - sel_pi[s]  # change of sum_i pi_i at each step
+        flat = i * width + k  # (T,) entry (i, k) of seed src's tables, one 1-D take each
+        pi_s, sqv_s = pi[src].reshape(-1), sqv[src].reshape(-1)
+        sel_pi[s] = pi_s.take(flat)
+        sel_sqv[s] = sqv_s.take(flat)
+        flat += 1  # (i, k + 1): after the update
+        jump = pi_s.take(flat) - sel_pi[s]  # change of sum_i pi_i at each step
         mean_curve[s, 0] = pi[src, :, 0].sum()
         mean_curve[s, 1:] = mean_curve[s, 0] + np.cumsum(jump)
         mean_curve[s] /= n
-        vsum = sqv[src, :, 0].sum() + np.concatenate([[0.0], np.cumsum(sqv[src, i, k + 1]
+        vsum = sqv[src, :, 0].sum() + np.concatenate([[0.0], np.cumsum(sqv_s.take(flat)
                                                                           - sel_sqv[s])])
         C[s] = 8.0 / (3.0 * n * T) * vsum[:T].sum()
         counts = np.bincount(i, minlength=n)
         final_pi[s] = pi[src, np.arange(n), counts]
         if track_grad:
-            sel_g2[s] = g2[src, i, k]
+            sel_g2[s] = g2[src].reshape(-1).take(flat - 1)
     return mean_curve, C, final_pi, sel_pi, sel_sqv, sel_g2
+
+
+def _exact_records(features, a, z0, method, eta, seqs, track_grad):
+    """`_exact_fast` for per-seed logits on the compiled path (`kernels.seed_records`)."""
+    S, T = seqs.shape
+    n = features.n
+    sel_pi, sel_sqv, sel_g2, final_pi, pisum, vtot = kernels.seed_records(
+        *_correct_first(features, a, z0), method, eta, seqs, track_grad)
+    pisum /= n  # the mean pi* curve
+    return pisum, 8.0 / (3.0 * n * T) * vtot, final_pi, sel_pi, sel_sqv, sel_g2
 
 
 def _exact_dense(features, a, z0, method, eta, seqs, track_grad, theta0):
@@ -332,214 +385,3 @@ def _exact_dense(features, a, z0, method, eta, seqs, track_grad, theta0):
         theta += eta * np.matmul(logit_direction(p_i, q_i, a_i, method)[:, None], Xi)[:, 0]
     C = 8.0 / (3.0 * n * T) * vsum
     return mean_curve, C, pa, sel_pi, sel_sqv, sel_g2
-
-
-# -------------------------------------------------------------------------- sampled schedule
-
-
-@dataclass
-class SampledRun:
-    """Result of `simulate_sampled` (S seeds, R recorded points).
-
-    Attributes:
-        t: (R,) recorded steps.
-        mean_pi: (S, R) mean over questions of the exact pi* (expected accuracy).
-        sample_acc: (S, R) mean sampled reward at the recorded steps (NaN at step T).
-        zero_var_frac: (S, R) fraction of groups whose G rewards were all equal.
-        final_pi: (S, n) pi* after T steps.
-        collapsed: (S,) questions whose probability mass sits >= collapse_level on one
-            wrong answer at the end.
-    """
-
-    t: np.ndarray
-    mean_pi: np.ndarray
-    sample_acc: np.ndarray
-    zero_var_frac: np.ndarray
-    final_pi: np.ndarray
-    collapsed: np.ndarray
-    path: str = ""
-    options: dict = field(default_factory=dict)
-
-
-def hessian_norms(p: np.ndarray, q: np.ndarray, a, z: np.ndarray | None = None) -> np.ndarray:
-    """Spectral norms of the questions' exact logit-space Hessians of pi* (the oracle context of
-    ``oracle_hessian``): ``p, q, z`` (n, K), ``a`` (n,) -> (n,)."""
-    H = logit_hessians(p, q, a, z)  # (n, K, K), symmetric
-    return np.abs(np.linalg.eigvalsh(H)).max(axis=-1)
-
-
-def sample_outputs(rng: np.random.Generator, p: np.ndarray, G: int) -> np.ndarray:
-    """Draw G outputs per row of p (n, K) by inverse CDF; returns (n, G) indices."""
-    cdf = np.cumsum(p, axis=-1)  # (n, K)
-    u = rng.random((p.shape[0], G)) * cdf[:, -1:]  # scale by the row sum: no index K
-    return (u[:, :, None] >= cdf[:, None, :]).sum(axis=-1)  # (n, G)
-
-
-def adam_update(m: np.ndarray, v: np.ndarray, grad: np.ndarray, k: int, lr: float,
-                betas=(0.9, 0.999), eps: float = 1e-8):
-    """One Adam step (Kingma & Ba, Alg. 1) for ascent; returns (m_k, v_k, step), shaped like
-    grad, and the caller adds the step: m_k = b1 m + (1 - b1) g, v_k = b2 v + (1 - b2) g^2,
-    step = lr m_hat / (sqrt(v_hat) + eps), m_hat = m_k / (1 - b1^k), v_hat = v_k / (1 - b2^k),
-    k the 1-based step count."""
-    b1, b2 = betas
-    m = b1 * m + (1.0 - b1) * grad
-    v = b2 * v + (1.0 - b2) * grad * grad
-    m_hat = m / (1.0 - b1**k)
-    v_hat = v / (1.0 - b2**k)
-    return m, v, lr * m_hat / (np.sqrt(v_hat) + eps)
-
-
-def axis_scales(features: Features) -> np.ndarray | None:
-    """(n, K) scales c with X_i[k] = c_ik e_j(i,k), all j(i,k) distinct, else None: then
-    z_ik = c_ik theta_j(i,k) and d/dtheta_j(i,k) = c_ik g_ik, so Adam runs in logit space."""
-    X = features.X
-    if X is None or not features.orthogonal:
-        return None
-    nz = X != 0.0  # (n, K, d)
-    if not np.all(nz.sum(axis=-1) == 1):
-        return None
-    cols = nz.argmax(axis=-1)  # (n, K)
-    if np.unique(cols).size != cols.size:
-        return None
-    return np.take_along_axis(X, cols[..., None], axis=-1)[..., 0]
-
-
-def _check_adam(features: Features, path: str, optimizer: str, betas, eps) -> str:
-    """Validates the optimizer; Adam goes to the dense path unless features are axis-aligned."""
-    if optimizer not in ("sgd", "adam"):
-        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
-    if optimizer == "sgd":
-        return path
-    if not (all(0.0 <= float(b) < 1.0 for b in betas) and len(betas) == 2 and eps > 0):
-        raise ValueError(f"need adam_betas in [0, 1) and adam_eps > 0; got {betas}, {eps}")
-    aligned = axis_scales(features) is not None
-    if path == "fast" and not aligned:
-        raise ValueError("Adam in logit space needs axis-aligned orthogonal features; "
-                         "use path='dense'")
-    return ("fast" if aligned else "dense") if path == "auto" else path
-
-
-def sampled_direction(p: np.ndarray, outputs: np.ndarray, adv: np.ndarray) -> np.ndarray:
-    """Logit-space policy-gradient estimate (1/G) sum_g A_g (e_{o_g} - p)  (one row per group).
-
-    Args:
-        p: (n, K) probabilities. outputs: (n, G) sampled indices. adv: (n, G) advantages.
-
-    Returns:
-        (n, K) estimate; its sum over K is zero.
-    """
-    n, K = p.shape
-    G = outputs.shape[1]
-    flat = (np.arange(n)[:, None] * K + outputs).ravel()
-    hits = np.bincount(flat, weights=adv.ravel(), minlength=n * K).reshape(n, K)
-    return (hits - adv.sum(axis=1, keepdims=True) * p) / G
-
-
-def simulate_sampled(
-    features: Features, a, z0, *, normalizer: str, eta: float, T: int, G: int = 8,
-    seeds=(0,), path: str = "auto", record_every: int = 1, collapse_level: float = 0.99,
-    normalizer_options: dict | None = None, theta0: np.ndarray | None = None,
-    on_step: Callable | None = None, optimizer: str = "sgd", adam_betas=(0.9, 0.999),
-    adam_eps: float = 1e-8,
-) -> SampledRun:
-    """Sampled-group dynamics: every step, every question draws G outputs from the policy.
-
-    Rewards are 1 for the correct output and 0 otherwise; advantages come from
-    `grponorm.normalizers.normalize(rewards (n, G), normalizer)` per seed (so `batch_std`
-    sees the n groups of one step as its batch); the update adds eta X_i^T g_i for every
-    question, i.e. eta is a per-question step size.
-
-    Args:
-        features, a, z0: as in `simulate_exact`.
-        normalizer: a registered normalizer name. normalizer_options: its keyword options.
-        eta: step size. T: steps. G: samples per question per step (>= 2).
-        seeds: one run per seed; seed s draws outputs from default_rng([s, 1]).
-        path, record_every, theta0: as in `simulate_exact`.
-        collapse_level: a question has collapsed when one wrong answer holds this much mass.
-        on_step: optional observer called before each update as
-            on_step(t, p (S, n, K), outputs (S, n, G), rewards (S, n, G), logits (S, n, K)) -
-            e.g. for curvature diagnostics on the very samples the update uses.
-        optimizer: "sgd" (theta += eta sum_i X_i^T g_i) or "adam" (`adam_update` of that
-            direction on theta, learning rate eta, `adam_betas`, `adam_eps`). With "auto",
-            Adam runs in logit space only for axis-aligned features (`axis_scales`).
-    """
-    a, seeds = _check_common(features, a, eta, T, seeds)
-    if int(G) < 2:
-        raise ValueError(f"G (samples per question) must be >= 2, got {G}")
-    opts = dict(normalizer_options or {})
-    n, K, S = features.n, features.K, len(seeds)
-    needs = set(get_spec(normalizer).needs(opts))
-    if needs - BANDIT_CONTEXT:
-        raise ValueError(f"normalizer {normalizer!r} needs {sorted(needs - BANDIT_CONTEXT)}, "
-                         "which the bandit has not (its outputs have no length)")
-    states = [make_state(normalizer, **opts) for _ in seeds]  # one per run; None if stateless
-    z0 = _check_z0(z0, S, n, K)
-    path = _pick_path(features, _check_adam(features, path, optimizer, adam_betas, adam_eps))
-    rngs = [np.random.default_rng([s, 1]) for s in seeds]
-    rec = _record_points(T, record_every)
-    rec_set = {int(t): j for j, t in enumerate(rec)}
-    mean_pi = np.empty((S, len(rec)))
-    acc = np.full((S, len(rec)), np.nan)
-    zvf = np.full((S, len(rec)), np.nan)
-    a_b = np.broadcast_to(a, (S, n))
-    if path == "fast":
-        z = np.broadcast_to(z0, (S, n, K)).copy()
-    else:
-        from .features import theta_for_logits
-
-        X = features.X
-        if theta0 is None:  # one least-squares solve per distinct z0
-            theta0 = np.stack([theta_for_logits(features, z) for z in z0])  # (1 or S, d)
-        theta = np.broadcast_to(np.asarray(theta0, float), (S, X.shape[2])).copy()
-        z = _logits(X, theta)
-    if optimizer == "adam":  # moments of the theta-gradient: (S, d), or (S, n, K) in logit space
-        scale = axis_scales(features) if path == "fast" else None
-        m = np.zeros((S, n, K) if path == "fast" else theta.shape)
-        v = np.zeros_like(m)
-    for t in range(T + 1):
-        p, q = softmax_with_complement(z)
-        pa = np.take_along_axis(p, a_b[..., None], -1)[..., 0]  # (S, n)
-        j = rec_set.get(t)
-        if j is not None:
-            mean_pi[:, j] = pa.mean(axis=1)
-        if t == T:
-            break
-        g = np.empty((S, n, K))
-        outs = np.empty((S, n, G), dtype=np.int64)
-        rews = np.empty((S, n, G))
-        for s in range(S):
-            out = sample_outputs(rngs[s], p[s], G)  # (n, G)
-            rewards = (out == a[:, None]).astype(np.float64)  # (n, G)
-            ctx = NormalizerContext.build(
-                normalizer, opts, caller="the bandit",
-                prompt_ids=lambda: list(range(n)),  # (n,) the question index
-                components=lambda r=rewards: r[..., None],  # (n, G, 1)
-                pi_star=lambda ps=pa[s]: ps,  # (n,) the oracle: each question's true pi*
-                hessian_norm=lambda ps=p[s], qs=q[s], zs=z[s]: hessian_norms(ps, qs, a, zs))
-            adv = normalize(rewards, normalizer, context=ctx, state=states[s], **opts)
-            g[s] = sampled_direction(p[s], out, adv)
-            outs[s], rews[s] = out, rewards
-            if j is not None:
-                acc[s, j] = rewards.mean()
-                zvf[s, j] = np.mean(np.all(rewards == rewards[:, :1], axis=1))
-        if on_step is not None:
-            on_step(t, p, outs, rews, z)
-        if optimizer == "adam" and path == "fast":  # theta_j(i,k) moves by step; z_ik by c step
-            m, v, step = adam_update(m, v, scale * g, t + 1, eta, adam_betas, adam_eps)
-            z += scale * step
-        elif optimizer == "adam":
-            m, v, step = adam_update(m, v, _pullback(X, g), t + 1, eta, adam_betas, adam_eps)
-            theta += step
-            z = _logits(X, theta)
-        elif path == "fast":
-            z += eta * _gram_apply(features, g)
-        else:
-            theta += eta * _pullback(X, g)
-            z = _logits(X, theta)
-    wrong = p.copy()
-    np.put_along_axis(wrong, a_b[..., None], 0.0, axis=-1)
-    collapsed = (wrong.max(axis=-1) >= collapse_level).sum(axis=1)
-    return SampledRun(t=rec, mean_pi=mean_pi, sample_acc=acc, zero_var_frac=zvf,
-                      final_pi=pa, collapsed=collapsed, path=path,
-                      options={"normalizer": normalizer, "eta": eta, "G": G,
-                               "optimizer": optimizer, **opts})

@@ -39,7 +39,8 @@ from ..bandit.features import (
     overlap_features,
     theta_for_logits,
 )
-from ..bandit.simulate import bandit_normalizers, simulate_sampled
+from ..bandit.sampled import simulate_sampled
+from ..bandit.simulate import bandit_normalizers
 from ..runs import Run, markdown_table
 from ..stats import compare
 from ..stats.crossfit import crossfit

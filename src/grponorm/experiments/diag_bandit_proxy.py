@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .. import plotting
 from ..bandit.features import initial_logits, orthogonal_features
-from ..bandit.simulate import simulate_sampled
+from ..bandit.sampled import simulate_sampled
 from ..diagnostics import bandit_proxy as bp
 from ..runs import Run, markdown_table
 from .rows import fmt
