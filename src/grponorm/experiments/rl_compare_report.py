@@ -7,7 +7,7 @@ from __future__ import annotations
 from ..stats.paired import Verdict
 from .rl_compare_bins import EXPECTATION
 from .rl_compare_stats import INTERACTION, METRICS, PAPER
-from .rows import VerdictCell
+from .rows import VerdictCell, _num
 
 __all__ = ["METRIC_LABELS", "READINGS", "ordered", "report_rows"]
 
@@ -83,6 +83,6 @@ def report_rows(s: dict) -> list[list]:
                      VerdictCell(cell, Verdict.DIFFERS if off else Verdict.MEASURED)])
     for c in s.get("bins", []):
         rows.append([f"{c['slice'].capitalize()}: {c['what']}", EXPECTATION,
-                     f"{c['text']}; change in success vs p̂: Std {c['change_a']:+.3f}, "
-                     f"No-Std {c['change_b']:+.3f}", c["cell"]])
+                     f"{c['text']}; change in success vs p̂: Std {_num(c['change_a'])}, "
+                     f"No-Std {_num(c['change_b'])}", c["cell"]])
     return rows
