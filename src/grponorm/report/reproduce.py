@@ -140,12 +140,14 @@ def reproduce(profile: str = "quick", only: list[str] | None = None, out: str | 
 #: --analyze-only``: nothing is trained), its pilot pooled into the pre-registered all-seeds rows
 #: and its tuned-LR grid in a section of its own; the others' summaries are read as they were
 #: written. Nothing is written under ``results/``.
-RESULTS = {"E3": "e3-cpu", "E5": "e5-cpu", "E6": "e6-cpu/confirm", "E6-tuned": "e6-tuned"}
+RESULTS = {"E3": "e3-cpu", "E5": "e5-64", "E5-12": "e5-cpu", "E6": "e6-cpu/confirm",
+           "E6-tuned": "e6-tuned"}
 #: E6's pilot grid (seeds 0-7), under the results folder.
 E6_PILOT = "e6-cpu/pilot"
 #: Sections that are not a paper experiment's own: section -> (paper id, title of its part).
 PARTS = {"E6-tuned": ("E6", "learning rate tuned per arm (cross-fitted, "
-                            "docs/e6-tuned-preregistration.md)")}
+                            "docs/e6-tuned-preregistration.md)"),
+         "E5-12": ("E5", "the earlier run with 12 probe prompts (E5 is the 64-prompt design)")}
 
 
 def _commit(folder: Path) -> str:
