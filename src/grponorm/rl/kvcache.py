@@ -38,6 +38,7 @@ __all__ = [
     "prefill",
     "prefill_shared",
     "reserve",
+    "static_bias",
 ]
 
 #: Shortest common prefix (tokens) worth a separate pass.
@@ -147,6 +148,33 @@ def reserve(cache, extra: int):
         if type(layer) is DynamicLayer and layer.is_initialized and layer.keys.numel():
             layers[i] = _reserved_layer_class()(layer, int(extra))
     return cache
+
+
+def static_bias(model, cache, attention_mask: torch.Tensor, extra: int) -> torch.Tensor | None:
+    """The ``(b, 1, 1, L + extra)`` additive attention mask over the whole buffers of a cache that
+    :func:`reserve` gave ``extra`` slots, for ``(b, L)`` rows with ``attention_mask``; None when
+    some layer is not reserved (or buffers differ in length).
+
+    Entries are 0 on the real tokens and ``finfo(dtype).min`` elsewhere, in the dtype of the
+    model's input embeddings: exactly the values of ``transformers``' eager mask padded as
+    :func:`~grponorm.rl.attention.gqa_attention_forward` pads it, so passing it (a 4D mask is
+    used as is) gives the same attention bit for bit while skipping the per-step mask building,
+    the growing 2D mask and 30 pads per step. A decode loop sets column ``L + t`` to 0 before
+    feeding its ``t``-th token and selects rows of it when it drops rows.
+    """
+    layers = getattr(cache, "layers", None)
+    cls = _reserved_layer_class()
+    if not layers or any(type(layer) is not cls for layer in layers):
+        return None
+    b, L = attention_mask.shape
+    cap = L + int(extra)
+    if any(layer._k.shape[2] != cap for layer in layers):
+        return None
+    dtype = model.get_input_embeddings().weight.dtype
+    bias = torch.full((b, 1, 1, cap), torch.finfo(dtype).min, dtype=dtype,
+                      device=attention_mask.device)
+    bias[:, 0, 0, :L].masked_fill_(attention_mask.bool(), 0)
+    return bias
 
 
 @functools.cache

@@ -7,7 +7,11 @@ eos, max new tokens) through the :class:`~grponorm.rl.rollout.RolloutEngine` int
 - runs each prompt once and repeats its KV cache for the G samples of its group, and runs the
   prefix all prompts share (system prompt, worked examples) only once
   (:func:`grponorm.rl.kvcache.prefill`);
-- uses :mod:`grponorm.rl.attention` (grouped-query attention without copying the cache);
+- uses :mod:`grponorm.rl.attention` (grouped-query attention without copying the cache) over a
+  KV cache with room for every new token (:func:`grponorm.rl.kvcache.reserve`), and hands it one
+  additive mask over that cache, built once per call and updated in place
+  (:func:`grponorm.rl.kvcache.static_bias`; the same values, bit for bit, as the 2D mask that
+  ``transformers`` would turn into a 4D one at every step);
 - drops rows from the batch (and their KV cache) as soon as they emit an eos, so late decode
   steps cost only the rows still running;
 - samples by inverse CDF from one uniform number per row and step, drawn for every row of the
@@ -33,7 +37,7 @@ from contextlib import nullcontext
 import torch
 
 from ..attention import use_gqa_attention
-from ..kvcache import position_ids, prefill, reserve
+from ..kvcache import position_ids, prefill, reserve, static_bias
 from .base import (
     RolloutBatch,
     build_batch,
@@ -157,6 +161,10 @@ class DecodeEngine:
         logits = last[:, -1].repeat_interleave(G, dim=0)  # (B, V)
         amask = kv_mask.repeat_interleave(G, dim=0)  # (b, P + t) of the running rows
         pos = position_ids(amask)[:, -1:]  # (b, 1) position of the last fed token
+        # the reserved cache's whole buffer is attended to: hand attention the finished
+        # additive mask over it (the values transformers' eager mask + its padding would give)
+        bias = static_bias(model, cache, amask, max_new_tokens) if self.gqa_attention else None
+        P = amask.shape[1]
         rows = torch.arange(B, device=device)  # (b,) original row of each running row
         tokens = torch.full((B, max_new_tokens), self.tokenizer.pad_token_id, device=device)
         logps = torch.zeros(B, max_new_tokens, device=device)
@@ -165,24 +173,34 @@ class DecodeEngine:
         used = 0
         for t in range(max_new_tokens):
             u = torch.rand(B, generator=gen, device=device)[rows]  # (b,) every row draws
-            tok = sample_tokens(logits, u, temperature, top_p)  # (b,)
+            z = logits.float()  # (b, V) once for sampling and log-probs
+            tok = sample_tokens(z, u, temperature, top_p)  # (b,)
             tokens[rows, t] = tok
-            logps[rows, t], sum_sq[rows, t] = _token_logprob(logits, tok)
+            logps[rows, t], sum_sq[rows, t] = _token_logprob(z, tok)
             used = t + 1
             done[rows] |= torch.isin(tok, eos)
             running = ~done[rows]  # (b,)
-            if t == max_new_tokens - 1 or not bool(running.any()):
+            n_done = len(running) - int(running.sum())  # finished rows still in the batch
+            if t == max_new_tokens - 1 or n_done == len(running):
                 break
-            n_done = int((~running).sum())  # finished rows still in the batch
             if self.drop_finished and n_done and n_done >= self.compact_at * len(running):
                 keep = running.nonzero().squeeze(1)
                 cache.batch_select_indices(keep)
-                rows, amask, pos, tok = rows[keep], amask[keep], pos[keep], tok[keep]
-            amask = torch.cat([amask, amask.new_ones(amask.shape[0], 1)], dim=1)
+                rows, pos, tok = rows[keep], pos[keep], tok[keep]
+                if bias is None:
+                    amask = amask[keep]
+                else:
+                    bias = bias[keep]
             pos = pos + 1
+            if bias is None:
+                amask = torch.cat([amask, amask.new_ones(amask.shape[0], 1)], dim=1)
+                attention = amask
+            else:
+                bias[:, :, :, P + t] = 0  # the token fed now
+                attention = bias
             logits = model(
                 input_ids=tok.unsqueeze(1),
-                attention_mask=amask,
+                attention_mask=attention,
                 position_ids=pos,
                 use_cache=True,
                 logits_to_keep=1,
