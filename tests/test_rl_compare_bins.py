@@ -48,6 +48,17 @@ def test_pairs_by_step_and_problem_over_the_window_and_pools_by_seed():
     assert by_bin[(0.5, 0.75)]["cell"] == "positive"  # +0.25 both seeds
 
 
+def test_interim_rows_keep_their_numbers_and_draw_no_direction():
+    picks = {0: (1e-3, 1e-3), 1: (1e-3, 1e-3)}
+    args = (_curves(), RATES, QUESTIONS, "hard", ARMS, "adamw", picks, [0.25, 0.5, 0.75])
+    plain = bin_rows(*args, window=2, reading="tuned LR", reps=100)
+    interim = bin_rows(*args, window=2, reading="tuned LR", reps=100,
+                       interim="interim, n = 2, not the pre-registered reading")
+    assert [r["diff"] for r in interim] == [r["diff"] for r in plain]
+    assert all(r["cell"] == "inconclusive (interim, n = 2, not the pre-registered reading: "
+               "no verdict drawn)" for r in interim)
+
+
 def test_tuned_picks_follow_the_fold_of_each_seed():
     row = {"seeds": [8, 9, 10], "chosen": {"group_std": {"even": 1e-3, "odd": 5e-3},
                                            "none": {"even": 1e-2, "odd": 1e-3}}}

@@ -477,14 +477,16 @@ def _bins(cfg: CompareConfig, out: Run, arms: tuple, curves: dict, rows: list[di
     seeds = sorted({seed for (_, seed) in curves})
     bins = []
     for s in cfg.slices:
-        readings = {"shared LR": (cfg.optimizer, {x: (cfg.lr, cfg.lr) for x in seeds})}
+        readings = {"shared LR": (cfg.optimizer, {x: (cfg.lr, cfg.lr) for x in seeds}, None)}
         tuned = [r for r in rows if r.get("reading") == "tuned" and r["slice"] == s
                  and r.get("metric") == PRIMARY and r.get("chosen")]
-        if tuned:
-            readings["tuned LR"] = (tuned[0]["optimizer"], tuned_picks(tuned[0], arms))
-        for reading, (opt, picks) in readings.items():
+        if tuned:  # interim while the tuned rows are (the pre-registration's stopping rule)
+            readings["tuned LR"] = (tuned[0]["optimizer"], tuned_picks(tuned[0], arms),
+                                    tuned[0].get("interim"))
+        for reading, (opt, picks, interim) in readings.items():
             bins += bin_rows(curves, rates, questions, s, arms, opt, picks, cfg.bins,
-                             cfg.primary_window, reading, reps=cfg.rliable_reps)
+                             cfg.primary_window, reading, reps=cfg.rliable_reps,
+                             interim=interim)
     if bins:
         bins_figure(bins, cfg.slices, out.file("pass_rate_bins.png"))
     return bins

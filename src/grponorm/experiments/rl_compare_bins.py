@@ -55,7 +55,8 @@ def _window(recs: list[dict], window: int) -> dict[tuple[int, str], float]:
 
 def bin_rows(curves: dict, rates: dict[str, float], questions: dict[str, str], slice_: str,
              arms: tuple, opt: str, picks: dict[int, tuple[float, float]], edges: list[float],
-             window: int, reading: str, reps: int = 2000) -> list[dict]:
+             window: int, reading: str, reps: int = 2000,
+             interim: str | None = None) -> list[dict]:
     """Std − No-Std per base-pass-rate bin, pooled over the seeds of ``picks`` (module
     docstring).
 
@@ -65,7 +66,8 @@ def bin_rows(curves: dict, rates: dict[str, float], questions: dict[str, str], s
         rates: question text -> base pass rate. questions: problem id -> question text.
         picks: seed -> (LR of arm a, LR of arm b) compared for that seed.
         edges: inner bin edges, e.g. ``[0.25, 0.5, 0.75]``. window: steps pooled (the primary
-            window). reading: a key of :data:`READINGS`.
+            window). reading: a key of :data:`READINGS`. interim: why no direction is read
+            (e.g. the tuned rows' "interim, n = 8, ..."): the cell says so, the numbers stay.
 
     Returns:
         One row per bin with any paired (step, problem): ``diff``, ``low``, ``high`` (the
@@ -103,7 +105,8 @@ def bin_rows(curves: dict, rates: dict[str, float], questions: dict[str, str], s
                     f"(clustered bootstrap), {m.values} prompt-steps")
             v = (Verdict.POSITIVE if m.low > 0 else Verdict.NEGATIVE if m.high < 0
                  else Verdict.NO_CLEAR_DIFFERENCE)
-            cell = VerdictCell(v.value, v)
+            cell = (VerdictCell(f"{Verdict.INCONCLUSIVE.value} ({interim}: no verdict drawn)",
+                                Verdict.INCONCLUSIVE) if interim else VerdictCell(v.value, v))
         rows.append({"what": f"Std − No-Std by base pass rate p̂ in [{lo:.2f}, {hi:.2f}], "
                              f"{reading}", "slice": slice_, "reading": reading,
                      "bin": [lo, hi], "n": m.clusters, "prompts": m.values, "diff": m.mean,
