@@ -44,10 +44,11 @@ def test_device_check_tiny_shape_runs_and_reports_consistent_numbers():
     for path, (tok_s, step_s, completion, prompt, total, rollout, train, mfu) in rows.items():
         assert completion == 1 * 2 * 4, path  # 1 prompt x G=2 x exactly 4 tokens: EOS off
         assert prompt > 0 and step_s > 0 and tok_s > 0 and mfu > 0, path
-        assert tok_s == pytest.approx(completion / step_s, rel=2e-3), path
+        rounding = 0.0005 / step_s  # the step time is printed to 3 decimals
+        assert tok_s == pytest.approx(completion / step_s, rel=2e-3 + rounding), path
         want = step_flops(shape.matmul_parameter_count(), int(prompt), int(completion),
                           n_lora=n_lora)
         assert (total, rollout, train) == pytest.approx(
             (want["total"], want["rollout"], want["train"]), rel=1e-3), path
-        assert mfu / 100 == pytest.approx(total / step_s / 790e12, rel=5e-3), path
+        assert mfu / 100 == pytest.approx(total / step_s / 790e12, rel=5e-3 + rounding), path
     assert re.search(r"^result: native / TRL tokens/s = [0-9.]+x$", out, re.M), out
