@@ -131,3 +131,23 @@ def tiny_train_config(model_dir, tmp_path, **kw):
 
     return TrainConfig(model=str(model_dir), out=str(tmp_path / "runs"),
                        cache_dir=str(tmp_path / "cache"), **{**TINY_TRAIN, **kw})
+
+
+def tiny_decode_inputs(model_dir, dtype: str = "float32"):
+    """(model, tokenizer, prompts) of the decode tests: two add1 and two mul1 chat prompts of
+    different lengths (left padding in play)."""
+    from grponorm.rl.data import arithmetic_level, problem_messages
+    from grponorm.rl.models import ModelConfig, chat_prompt, load_model
+
+    model, tok = load_model(ModelConfig(model=str(model_dir), dtype=dtype))
+    problems = arithmetic_level("add1", 2, seed=0) + arithmetic_level("mul1", 2, seed=0)
+    prompts = [chat_prompt(tok, problem_messages(p)) for p in problems]
+    prompts[1] += " what is"
+    return model, tok, prompts
+
+
+def left_padded(tok, prompts):
+    """(input_ids, attention_mask) of ``prompts``, left-padded, no special tokens added."""
+    tok.padding_side = "left"
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    return enc["input_ids"], enc["attention_mask"]

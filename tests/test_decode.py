@@ -11,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from conftest import left_padded, tiny_decode_inputs  # noqa: E402  (tests/conftest.py)
 from grponorm.rl.attention import use_gqa_attention  # noqa: E402
 from grponorm.rl.data import arithmetic_level, problem_messages  # noqa: E402
 from grponorm.rl.kvcache import common_prefix_len, position_ids, prefill  # noqa: E402
@@ -22,17 +23,10 @@ from grponorm.rl.rollout.generate import HFGenerateEngine  # noqa: E402
 
 @pytest.fixture(scope="module")
 def tiny(tiny_policy_dir):
-    model, tok = load_model(ModelConfig(model=str(tiny_policy_dir), dtype="float32"))
-    problems = arithmetic_level("add1", 2, seed=0) + arithmetic_level("mul1", 2, seed=0)
-    prompts = [chat_prompt(tok, problem_messages(p)) for p in problems]
-    prompts[1] += " what is"  # different lengths: left padding in play
-    return model, tok, prompts
+    return tiny_decode_inputs(tiny_policy_dir, "float32")
 
 
-def _enc(tok, prompts):
-    tok.padding_side = "left"
-    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    return enc["input_ids"], enc["attention_mask"]
+_enc = left_padded
 
 
 # ------------------------------------------------------------------------------- sampling

@@ -12,27 +12,19 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from conftest import left_padded, tiny_decode_inputs  # noqa: E402  (tests/conftest.py)
 from grponorm.rl.attention import use_gqa_attention  # noqa: E402
-from grponorm.rl.data import arithmetic_level, problem_messages  # noqa: E402
 from grponorm.rl.kvcache import prefill, reserve, static_bias  # noqa: E402
-from grponorm.rl.models import ModelConfig, chat_prompt, load_model  # noqa: E402
 from grponorm.rl.rollout import decode as decode_module  # noqa: E402
 from grponorm.rl.rollout.decode import DecodeEngine  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=["float32", "bfloat16"])
 def tiny(request, tiny_policy_dir):
-    model, tok = load_model(ModelConfig(model=str(tiny_policy_dir), dtype=request.param))
-    problems = arithmetic_level("add1", 2, seed=0) + arithmetic_level("mul1", 2, seed=0)
-    prompts = [chat_prompt(tok, problem_messages(p)) for p in problems]
-    prompts[1] += " what is"  # different lengths: left padding in play
-    return model, tok, prompts
+    return tiny_decode_inputs(tiny_policy_dir, request.param)
 
 
-def _enc(tok, prompts):
-    tok.padding_side = "left"
-    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    return enc["input_ids"], enc["attention_mask"]
+_enc = left_padded
 
 
 def test_static_bias_is_the_eager_mask_padded_to_the_buffer(tiny):
