@@ -20,6 +20,7 @@ import numpy as np
 from .. import plotting
 from ..stats.clustered import cluster_bootstrap_mean
 from ..stats.paired import Verdict
+from .rl_compare_stats import _key  # the grid's point key, one definition
 from .rows import VerdictCell, _num
 
 __all__ = ["READINGS", "bin_rows", "bins_figure", "tuned_picks"]
@@ -29,10 +30,6 @@ READINGS = {"shared LR": "both arms at the shared learning rate",
             "tuned LR": "each arm at its cross-fitted tuned learning rate"}
 #: What the theory expects of the bins (the report's "paper" column).
 EXPECTATION = "theory: Std's gain 1/σ is smallest at p̂ = ½"
-
-
-def _key(slice_, norm, opt, lr) -> str:
-    return f"{slice_}/{norm}/{opt}/lr{lr:g}"
 
 
 def tuned_picks(tuned_row: dict, arms: tuple) -> dict[int, tuple[float, float]]:

@@ -37,7 +37,7 @@ about 790 TFLOP/s as measured on this workplace's machines).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 __all__ = [
     "H200_BF16_TFLOPS",
@@ -107,24 +107,20 @@ class Shape:
         return n if self.tie_word_embeddings else n - self.vocab_size * self.hidden_size
 
 
-#: The shapes ``random:<name>`` knows.
-SHAPES: dict[str, Shape] = {
-    s.name: s
-    for s in (
-        Shape(name="qwen2.5-math-1.5b",
-              source="Qwen/Qwen2.5-Math-1.5B config.json",
-              hidden_size=1536, num_hidden_layers=28, num_attention_heads=12,
-              num_key_value_heads=2, intermediate_size=8960, vocab_size=151936,
-              max_position_embeddings=4096, rope_theta=10000.0, rms_norm_eps=1e-6,
-              tie_word_embeddings=True, max_window_layers=21),
-        Shape(name="qwen2.5-tiny",
-              source="qwen2.5-math-1.5b's architecture, narrowed for CPU tests",
-              hidden_size=96, num_hidden_layers=2, num_attention_heads=6,
-              num_key_value_heads=1, intermediate_size=256, vocab_size=151936,
-              max_position_embeddings=4096, rope_theta=10000.0, rms_norm_eps=1e-6,
-              tie_word_embeddings=True, max_window_layers=2),
-    )
-}
+#: Qwen/Qwen2.5-Math-1.5B's shape (its config.json).
+QWEN25_MATH_15B = Shape(
+    name="qwen2.5-math-1.5b", source="Qwen/Qwen2.5-Math-1.5B config.json",
+    hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+    intermediate_size=8960, vocab_size=151936, max_position_embeddings=4096,
+    rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=True, max_window_layers=21)
+#: The shapes ``random:<name>`` knows; the tiny one narrows the paper shape for CPU tests.
+SHAPES: dict[str, Shape] = {s.name: s for s in (
+    QWEN25_MATH_15B,
+    replace(QWEN25_MATH_15B, name="qwen2.5-tiny",
+            source="qwen2.5-math-1.5b's architecture, narrowed for CPU tests", hidden_size=96,
+            num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=1,
+            intermediate_size=256, max_window_layers=2),
+)}
 
 
 @dataclass(frozen=True)
